@@ -1,0 +1,1 @@
+"""The `maskspine` command line (Typer), installed as the package `maskspine.cli`."""

@@ -1,0 +1,3 @@
+from maskspine.cli.main import run
+
+run()

@@ -1,0 +1,64 @@
+"""The `maskspine` console script: one Typer app, one sub-command per task.
+
+The CLI is thin: each command parses its flags, loads the config and calls one
+library function. Errors a user can fix (bad config, missing files) are printed
+as one clear line and exit with code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+import typer
+
+import maskspine
+from maskspine.config import ConfigError
+
+app = typer.Typer(
+    name="maskspine",
+    help="SpineNet Mask R-CNN instance segmentation: train, evaluate, infer, draw, export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable)
+
+#: Exceptions that mean "the user's input is wrong", printed without a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+
+
+def user_errors(function: F) -> F:
+    """Turns the user-facing errors raised by a command into one line on stderr, exit 2."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except USER_ERRORS as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"maskspine {maskspine.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """SpineNet Mask R-CNN instance segmentation (Keras 3 / TensorFlow)."""
+
+
+def run() -> None:  # pragma: no cover - console entry point for `python -m maskspine.cli`
+    sys.exit(app())

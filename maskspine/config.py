@@ -1,0 +1,565 @@
+"""Typed configuration: dataclasses loaded from YAML, dotted overrides, validation.
+
+Key names and nesting follow the reference's YAML (its "Script Parameters"
+block), so a config written for it can be carried over. Keys that only make
+sense on MindSpore are accepted and ignored with one warning line.
+
+    config = load_config("configs/mask_rcnn_49_640.yaml", ["backbone.arch=49S", "lr=0.02"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+#: Keys of the reference's YAML that only make sense on MindSpore: accepted, ignored.
+MINDSPORE_ONLY_KEYS = frozenset(
+    {
+        "device_target",
+        "mode",
+        "enable_graph_kernel",
+        "datasink",
+        "run_distribute",
+        "device_id",
+        "device_num",
+        "rank_id",
+        "python_multiprocessing",
+        "train_dataset_divider",
+    }
+)
+
+#: The value of `coco_classes` that takes the class list from the training data's labels.json.
+CLASSES_FROM_DATA = "from_data"
+
+SPINENET_ARCHS = ("49S", "49", "96", "143", "143L", "190")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says where and how to fix it."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class NormConfig:
+    """Batch normalisation. `momentum` is the reference's (PyTorch-style) weight of the
+    new batch statistics; Keras' BatchNormalization gets `1 - momentum`."""
+
+    type: str = "BN"
+    momentum: float = 0.01
+    eps: float = 0.001
+
+
+@dataclass
+class BackboneConfig:
+    """SpineNet backbone. `arch` picks a model id; the optional fields override its
+    scaling (for small test and demo models)."""
+
+    type: str = "spinenet"
+    arch: str = "49"
+    norm_cfg: NormConfig = field(default_factory=NormConfig)
+    min_level: int = 3
+    max_level: int = 7
+    activation: str = "relu"
+    stochastic_depth_rate: float = 0.0
+    filter_size_scale: float | None = None
+    endpoints_num_filters: int | None = None
+    resample_alpha: float | None = None
+    block_repeats: int | None = None
+
+
+@dataclass
+class BoxCoderConfig:
+    """Delta encoding of boxes: (delta - mean) / std per (dy, dx, dh, dw)."""
+
+    target_means: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    target_stds: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+
+
+@dataclass
+class LossWeightConfig:
+    loss_weight: float = 1.0
+
+
+@dataclass
+class SmoothL1LossConfig:
+    loss_weight: float = 1.0
+    beta: float = 1.0
+
+
+@dataclass
+class AnchorGeneratorConfig:
+    """Anchors per level: base size = stride x scale, one anchor per (scale, ratio)."""
+
+    scales: list[float] = field(default_factory=lambda: [3.0])
+    strides: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+
+
+@dataclass
+class RPNConfig:
+    in_channels: int = 256
+    feat_channels: int = 256
+    num_classes: int = 1
+    bbox_coder: BoxCoderConfig = field(default_factory=BoxCoderConfig)
+    loss_cls: LossWeightConfig = field(default_factory=LossWeightConfig)
+    loss_bbox: SmoothL1LossConfig = field(
+        default_factory=lambda: SmoothL1LossConfig(loss_weight=1.0, beta=1.0 / 9.0)
+    )
+    anchor_generator: AnchorGeneratorConfig = field(default_factory=AnchorGeneratorConfig)
+
+
+@dataclass
+class BBoxHeadConfig:
+    num_shared_convs: int = 4
+    num_shared_fcs: int = 1
+    in_channels: int = 256
+    conv_out_channels: int = 256
+    fc_out_channels: int = 1024
+    roi_feat_size: int = 7
+    reg_class_agnostic: bool = False
+    bbox_coder: BoxCoderConfig = field(
+        default_factory=lambda: BoxCoderConfig(target_stds=[0.1, 0.1, 0.2, 0.2])
+    )
+    loss_cls: LossWeightConfig = field(default_factory=LossWeightConfig)
+    loss_bbox: SmoothL1LossConfig = field(default_factory=SmoothL1LossConfig)
+    norm_cfg: NormConfig = field(default_factory=NormConfig)
+
+
+@dataclass
+class MaskHeadConfig:
+    num_convs: int = 4
+    in_channels: int = 256
+    conv_out_channels: int = 256
+    norm_cfg: NormConfig = field(default_factory=NormConfig)
+    loss_mask: LossWeightConfig = field(default_factory=LossWeightConfig)
+
+
+@dataclass
+class RoILayerConfig:
+    type: str = "RoIAlign"
+    out_size: int = 7
+    sample_num: int = 2
+
+
+@dataclass
+class RoIExtractorConfig:
+    """Multilevel RoIAlign. `roi_layer.sample_num` is the sampling ratio per bin; the
+    extractor's own `sample_num` is the reference's number of RoIs fed to the head."""
+
+    roi_layer: RoILayerConfig = field(default_factory=RoILayerConfig)
+    out_channels: int = 256
+    featmap_strides: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
+    finest_scale: int = 56
+    sample_num: int = 640
+
+
+@dataclass
+class AssignerConfig:
+    pos_iou_thr: float = 0.7
+    neg_iou_thr: float = 0.3
+    min_pos_iou: float = 0.3
+    match_low_quality: bool = True
+
+
+@dataclass
+class SamplerConfig:
+    num: int = 256
+    pos_fraction: float = 0.5
+    neg_pos_ub: float = -1
+    add_gt_as_proposals: bool = False
+
+
+@dataclass
+class RPNTrainConfig:
+    assigner: AssignerConfig = field(default_factory=AssignerConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+
+@dataclass
+class ProposalConfig:
+    nms_pre: int = 2000
+    max_per_img: int = 2000
+    iou_threshold: float = 0.7
+    min_bbox_size: float = 0
+
+
+@dataclass
+class RCNNTrainConfig:
+    assigner: AssignerConfig = field(
+        default_factory=lambda: AssignerConfig(
+            pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5, match_low_quality=True
+        )
+    )
+    sampler: SamplerConfig = field(
+        default_factory=lambda: SamplerConfig(
+            num=512, pos_fraction=0.25, neg_pos_ub=-1, add_gt_as_proposals=True
+        )
+    )
+    mask_size: int = 28
+
+
+@dataclass
+class TrainCfg:
+    rpn: RPNTrainConfig = field(default_factory=RPNTrainConfig)
+    rpn_proposal: ProposalConfig = field(default_factory=ProposalConfig)
+    rcnn: RCNNTrainConfig = field(default_factory=RCNNTrainConfig)
+
+
+@dataclass
+class RCNNTestConfig:
+    score_thr: float = 0.05
+    iou_threshold: float = 0.5
+    max_per_img: int = 100
+    mask_thr_binary: float = 0.5
+
+
+@dataclass
+class TestCfg:
+    rpn: ProposalConfig = field(
+        default_factory=lambda: ProposalConfig(nms_pre=1000, max_per_img=1000)
+    )
+    rcnn: RCNNTestConfig = field(default_factory=RCNNTestConfig)
+
+
+# --------------------------------------------------------------------------- the config
+
+
+@dataclass
+class Config:
+    """The whole configuration. Top-level keys follow the reference's YAML."""
+
+    # experiment
+    train_outputs: str = "runs"
+    brief: str = "gpu-1"
+    detector: str = "mask_rcnn"
+
+    # model
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    bbox_head: BBoxHeadConfig = field(default_factory=BBoxHeadConfig)
+    mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    roi: RoIExtractorConfig = field(default_factory=RoIExtractorConfig)
+    mask_roi: RoIExtractorConfig = field(
+        default_factory=lambda: RoIExtractorConfig(
+            roi_layer=RoILayerConfig(out_size=14, sample_num=2), sample_num=128
+        )
+    )
+    train_cfg: TrainCfg = field(default_factory=TrainCfg)
+    test_cfg: TestCfg = field(default_factory=TestCfg)
+
+    # optimizer
+    opt_type: str = "sgd"
+    lr: float = 0.14
+    min_lr: float = 1e-7
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    warmup_step: int = 4000
+    warmup_ratio: float = 0.1
+    lr_steps: list[int] = field(default_factory=lambda: [320, 340])
+    lr_type: str = "multistep"
+    grad_clip: float = 0.0
+
+    # train
+    num_gts: int = 100
+    batch_size: int = 16
+    accumulate_step: int = 1
+    test_batch_size: int = 1
+    loss_scale: float = 256.0
+    epoch_size: int = 350
+    steps_per_epoch: int = 0
+    run_eval: int = 1
+    eval_every: int = 1
+    finetune: int = 0
+    pre_trained: str = ""
+    mixed_precision: bool = False
+    seed: int = 0
+    log_every: int = 100
+    mlflow: bool = False
+
+    # data
+    num_parallel_workers: int = 6
+    train_dataset: str = ""
+    val_dataset: str = ""
+    train_dataset_num: int = 0
+    coco_classes: list[str] | str = field(default_factory=lambda: ["background"])
+    num_classes: int = 1
+    category_ids: list[int] = field(default_factory=list)
+
+    # images
+    img_width: int = 640
+    img_height: int = 640
+    divider: int = 64
+    img_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    img_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    to_rgb: int = 1
+    keep_ratio: int = 1
+    mask_crop_size: int = 112
+
+    # augmentation
+    flip_ratio: float = 0.5
+    expand_ratio: float = 0.0
+    aug_scale_min: float = 1.0
+    aug_scale_max: float = 1.0
+
+    # callbacks
+    save_every: int = 100
+    keep_checkpoint_max: int = 5
+    keep_best_checkpoints_max: int = 5
+
+    @property
+    def classes_from_data(self) -> bool:
+        """True when `coco_classes: from_data` (classes come from the training labels.json)."""
+        return self.coco_classes == CLASSES_FROM_DATA
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names without the background entry (index = 0-based label)."""
+        if self.classes_from_data:
+            raise ConfigError(
+                "coco_classes is 'from_data': the class names are known only after the "
+                "training data's labels.json has been read"
+            )
+        return list(self.coco_classes[1:])
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Loads a YAML config into a validated `Config`.
+
+    Args:
+        path: a YAML file, or None for the defaults alone.
+        overrides: `key=value` strings with dotted paths (`backbone.arch=49S`,
+            `lr=0.02`, `lr_steps=[8,11]`); values are parsed as YAML.
+
+    Raises:
+        ConfigError: naming the file, the key and what would fix it.
+    """
+    source = str(path) if path is not None else "<defaults>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+        data = loaded
+    for override in overrides:
+        _apply_override(data, override)
+    return config_from_dict(data, source=source)
+
+
+def config_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> Config:
+    """Builds a validated `Config` from a nested mapping (as read from YAML)."""
+    ignored = sorted(key for key in data if key in MINDSPORE_ONLY_KEYS)
+    if ignored:
+        logger.warning(
+            "%s: ignoring keys that only apply to MindSpore: %s", source, ", ".join(ignored)
+        )
+    data = {key: value for key, value in data.items() if key not in MINDSPORE_ONLY_KEYS}
+    config = _build(Config, data, source=source, prefix="")
+    validate(config, source=source)
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The config as a plain nested dict (YAML-ready)."""
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Writes the resolved config as YAML that `load_config` reads back unchanged."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    tmp.replace(path)
+
+
+def validate(config: Config, *, source: str = "<config>") -> None:
+    """Cross-field checks that a type check cannot do."""
+    if isinstance(config.coco_classes, str):
+        if config.coco_classes != CLASSES_FROM_DATA:
+            raise ConfigError(
+                f"{source}: coco_classes must be a list of class names (background first) "
+                f"or '{CLASSES_FROM_DATA}', got {config.coco_classes!r}"
+            )
+    else:
+        if len(config.coco_classes) != config.num_classes:
+            raise ConfigError(
+                f"{source}: num_classes is {config.num_classes} but coco_classes has "
+                f"{len(config.coco_classes)} entries (background included); make them equal, "
+                f"or set coco_classes: {CLASSES_FROM_DATA} to take the classes from the data"
+            )
+        if config.category_ids and len(config.category_ids) != config.num_classes - 1:
+            raise ConfigError(
+                f"{source}: category_ids has {len(config.category_ids)} entries but there are "
+                f"{config.num_classes - 1} classes besides background; give one id per class"
+            )
+    if config.backbone.type != "spinenet":
+        raise ConfigError(
+            f"{source}: backbone.type must be 'spinenet', got {config.backbone.type!r}"
+        )
+    if config.backbone.arch not in SPINENET_ARCHS:
+        close = difflib.get_close_matches(config.backbone.arch, SPINENET_ARCHS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"{source}: backbone.arch {config.backbone.arch!r} is not a SpineNet model id; "
+            f"use one of {', '.join(SPINENET_ARCHS)}{hint}"
+        )
+    divisor = 2**config.backbone.max_level
+    for key in ("img_height", "img_width"):
+        value = getattr(config, key)
+        if value <= 0 or value % divisor:
+            raise ConfigError(
+                f"{source}: {key}={value} must be a positive multiple of {divisor} "
+                f"(2**backbone.max_level)"
+            )
+    choices = {"opt_type": ("sgd", "adam", "adamw"), "lr_type": ("multistep", "cosine")}
+    for key, allowed in choices.items():
+        if getattr(config, key) not in allowed:
+            raise ConfigError(
+                f"{source}: {key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}"
+            )
+    for key in ("img_mean", "img_std"):
+        if len(getattr(config, key)) != 3:
+            raise ConfigError(f"{source}: {key} needs 3 values (R, G, B)")
+    levels = config.backbone.max_level - config.backbone.min_level + 1
+    if len(config.rpn.anchor_generator.strides) != levels:
+        raise ConfigError(
+            f"{source}: rpn.anchor_generator.strides has "
+            f"{len(config.rpn.anchor_generator.strides)} entries for {levels} backbone levels "
+            f"(min_level..max_level)"
+        )
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key=value (e.g. lr=0.02)")
+    key, raw = override.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {override!r} has no key before '='")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML: {error}") from None
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, data: Mapping[str, Any], *, source: str, prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{source}: {prefix.rstrip('.') or 'the top level'} must be a mapping, got {data!r}"
+        )
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full_key = f"{prefix}{key}"
+        if key not in fields:
+            candidates = [f"{prefix}{name}" for name in fields]
+            if not prefix:
+                candidates += sorted(MINDSPORE_ONLY_KEYS)
+            close = difflib.get_close_matches(full_key, candidates, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{source}: unknown key {full_key!r}{hint}")
+        kwargs[key] = _convert(hints[key], value, source=source, key=full_key)
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _convert(tp: Any, value: Any, *, source: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source=source, prefix=f"{key}.")
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, source=source, key=key)
+            except ConfigError as error:
+                errors.append(error)
+        raise _type_error(source, key, value, tp)
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(source, key, value, tp)
+        return [
+            _convert(item_type, item, source=source, key=f"{key}[{i}]")
+            for i, item in enumerate(value)
+        ]
+    if tp is bool:
+        # The reference writes flags both as True/False and as 0/1.
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise _type_error(source, key, value, tp)
+    if tp is int:
+        if isinstance(value, bool):
+            raise _type_error(source, key, value, tp)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise _type_error(source, key, value, tp)
+    if tp is float:
+        if isinstance(value, bool):
+            raise _type_error(source, key, value, tp)
+        if isinstance(value, (int, float)):
+            return float(value)
+        raise _type_error(source, key, value, tp)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # YAML reads `arch: 49` as an int; the reference quotes it, users may not.
+            return str(value)
+        raise _type_error(source, key, value, tp)
+    raise _type_error(source, key, value, tp)
+
+
+def _type_error(source: str, key: str, value: Any, tp: Any) -> ConfigError:
+    return ConfigError(f"{source}: {key} = {value!r} has the wrong type: expected {_type_name(tp)}")
