@@ -377,7 +377,7 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> Conf
             "%s: ignoring keys that only apply to MindSpore: %s", source, ", ".join(ignored)
         )
     data = {key: value for key, value in data.items() if key not in MINDSPORE_ONLY_KEYS}
-    config = _build(Config, data, source=source, prefix="")
+    config = _build(Config(), data, source=source, prefix="")
     validate(config, source=source)
     return config
 
@@ -421,7 +421,8 @@ def validate(config: Config, *, source: str = "<config>") -> None:
             f"{source}: backbone.type must be 'spinenet', got {config.backbone.type!r}"
         )
     if config.backbone.arch not in SPINENET_ARCHS:
-        close = difflib.get_close_matches(config.backbone.arch, SPINENET_ARCHS, n=1)
+        close = [a for a in SPINENET_ARCHS if a.lower() == config.backbone.arch.lower()]
+        close = close or difflib.get_close_matches(config.backbone.arch, SPINENET_ARCHS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(
             f"{source}: backbone.arch {config.backbone.arch!r} is not a SpineNet model id; "
@@ -478,7 +479,10 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
-def _build(cls: type, data: Mapping[str, Any], *, source: str, prefix: str) -> Any:
+def _build(default: Any, data: Mapping[str, Any], *, source: str, prefix: str) -> Any:
+    """`default` (a dataclass instance) with the fields named in `data` replaced; a nested
+    section given in part keeps the parent's defaults for the keys it leaves out."""
+    cls = type(default)
     if not isinstance(data, Mapping):
         raise ConfigError(
             f"{source}: {prefix.rstrip('.') or 'the top level'} must be a mapping, got {data!r}"
@@ -495,8 +499,12 @@ def _build(cls: type, data: Mapping[str, Any], *, source: str, prefix: str) -> A
             close = difflib.get_close_matches(full_key, candidates, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{source}: unknown key {full_key!r}{hint}")
-        kwargs[key] = _convert(hints[key], value, source=source, key=full_key)
-    return cls(**kwargs)
+        current = getattr(default, key)
+        if dataclasses.is_dataclass(current):
+            kwargs[key] = _build(current, value, source=source, prefix=f"{full_key}.")
+        else:
+            kwargs[key] = _convert(hints[key], value, source=source, key=full_key)
+    return dataclasses.replace(default, **kwargs)
 
 
 def _type_name(tp: Any) -> str:
@@ -507,20 +515,17 @@ def _type_name(tp: Any) -> str:
 
 def _convert(tp: Any, value: Any, *, source: str, key: str) -> Any:
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, source=source, prefix=f"{key}.")
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(arg, value, source=source, key=key)
-            except ConfigError as error:
-                errors.append(error)
+            except ConfigError:
+                continue
         raise _type_error(source, key, value, tp)
     if origin is list:
         (item_type,) = typing.get_args(tp)

@@ -1,0 +1,233 @@
+"""Box arithmetic shared by the whole model: areas, IoU, delta coding, clipping, format converters.
+
+Inside the model boxes are `yxyx` in absolute pixels of the network input, float32, with
+any number of leading dimensions: `[..., 4]` = (y1, x1, y2, x2). Heights and widths are
+`y2 - y1` and `x2 - x1` (continuous coordinates, no "+1"). Files use COCO `xywh`; the two
+converters at the end of this module are the one way to go between the formats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+#: mmdetection's default bound on |dh|, |dw| when decoding: exp(max_ratio) = 1000 / 16.
+DEFAULT_MAX_RATIO = abs(math.log(16.0 / 1000.0))
+
+# Smallest height/width used when dividing by or taking the log of a box size, so that
+# degenerate (zero-size or padding) boxes give finite numbers instead of inf/NaN.
+_MIN_SIZE = 1e-6
+
+
+def box_area(boxes: tf.Tensor) -> tf.Tensor:
+    """Areas of yxyx boxes.
+
+    Args:
+        boxes: [..., 4] yxyx.
+    Returns:
+        [...] float, (y2 - y1) * (x2 - x1), 0 for boxes with negative height or width.
+    """
+    boxes = tf.convert_to_tensor(boxes)
+    y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=-1)
+    return tf.maximum(y2 - y1, 0.0) * tf.maximum(x2 - x1, 0.0)
+
+
+def pairwise_intersection(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
+    """Intersection areas of every pair of boxes.
+
+    Args:
+        boxes1: [..., N, 4] yxyx.
+        boxes2: [..., M, 4] yxyx; leading dimensions broadcast with those of `boxes1`.
+    Returns:
+        [..., N, M] float intersection areas (pixels squared).
+    """
+    boxes1 = tf.convert_to_tensor(boxes1)
+    boxes2 = tf.convert_to_tensor(boxes2, dtype=boxes1.dtype)
+    a = boxes1[..., :, None, :]
+    b = boxes2[..., None, :, :]
+    top_left = tf.maximum(a[..., :2], b[..., :2])
+    bottom_right = tf.minimum(a[..., 2:], b[..., 2:])
+    size = tf.maximum(bottom_right - top_left, 0.0)
+    return size[..., 0] * size[..., 1]
+
+
+def pairwise_iou(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
+    """Intersection over union of every pair of boxes.
+
+    Args:
+        boxes1: [..., N, 4] yxyx.
+        boxes2: [..., M, 4] yxyx; leading dimensions broadcast with those of `boxes1`.
+    Returns:
+        [..., N, M] IoU in [0, 1]; 0 where the union is empty.
+    """
+    boxes1 = tf.convert_to_tensor(boxes1)
+    boxes2 = tf.convert_to_tensor(boxes2, dtype=boxes1.dtype)
+    intersection = pairwise_intersection(boxes1, boxes2)
+    union = box_area(boxes1)[..., :, None] + box_area(boxes2)[..., None, :] - intersection
+    return tf.math.divide_no_nan(intersection, union)
+
+
+def pairwise_ioa(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
+    """Intersection over the area of the first box of every pair (what pycocotools calls
+    IoU with a crowd region, and mmdetection "iof").
+
+    Args:
+        boxes1: [..., N, 4] yxyx; the denominator is the area of these boxes.
+        boxes2: [..., M, 4] yxyx.
+    Returns:
+        [..., N, M] in [0, 1]; 0 where the box of `boxes1` has no area.
+    """
+    boxes1 = tf.convert_to_tensor(boxes1)
+    intersection = pairwise_intersection(boxes1, boxes2)
+    return tf.math.divide_no_nan(intersection, box_area(boxes1)[..., :, None])
+
+
+def _centres_and_sizes(boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=-1)
+    height = y2 - y1
+    width = x2 - x1
+    return y1 + 0.5 * height, x1 + 0.5 * width, height, width
+
+
+def encode_boxes(
+    boxes: tf.Tensor,
+    anchors: tf.Tensor,
+    means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
+    stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+) -> tf.Tensor:
+    """Regression targets that move `anchors` onto `boxes` (Faster R-CNN parametrisation).
+
+    dy = (cy - acy) / ah, dx = (cx - acx) / aw, dh = log(h / ah), dw = log(w / aw), each
+    then normalised as (d - mean) / std.
+
+    Args:
+        boxes: [..., 4] yxyx target boxes, float32.
+        anchors: [..., 4] yxyx reference boxes (anchors or proposals), broadcastable.
+        means, stds: 4 floats each, in (dy, dx, dh, dw) order.
+    Returns:
+        [..., 4] float32 deltas (dy, dx, dh, dw). Heights and widths are floored at 1e-6
+        pixels, so degenerate or padding boxes give large but finite numbers.
+    """
+    boxes = tf.convert_to_tensor(boxes, dtype=tf.float32)
+    anchors = tf.convert_to_tensor(anchors, dtype=tf.float32)
+    cy, cx, h, w = _centres_and_sizes(boxes)
+    acy, acx, ah, aw = _centres_and_sizes(anchors)
+    ah = tf.maximum(ah, _MIN_SIZE)
+    aw = tf.maximum(aw, _MIN_SIZE)
+    deltas = tf.stack(
+        [
+            (cy - acy) / ah,
+            (cx - acx) / aw,
+            tf.math.log(tf.maximum(h, _MIN_SIZE) / ah),
+            tf.math.log(tf.maximum(w, _MIN_SIZE) / aw),
+        ],
+        axis=-1,
+    )
+    return (deltas - tf.constant(means, tf.float32)) / tf.constant(stds, tf.float32)
+
+
+def decode_boxes(
+    deltas: tf.Tensor,
+    anchors: tf.Tensor,
+    means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
+    stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    max_ratio: float = DEFAULT_MAX_RATIO,
+) -> tf.Tensor:
+    """Inverse of `encode_boxes`: apply deltas to anchors.
+
+    Args:
+        deltas: [..., 4] (dy, dx, dh, dw), normalised with `means` / `stds`.
+        anchors: [..., 4] yxyx reference boxes, broadcastable with `deltas`.
+        means, stds: 4 floats each, in (dy, dx, dh, dw) order.
+        max_ratio: dh and dw are clipped to [-max_ratio, max_ratio] before exp (after
+            de-normalisation), so a box grows or shrinks by at most exp(max_ratio) = 62.5x
+            by default, as in mmdetection.
+    Returns:
+        [..., 4] float32 yxyx boxes in the anchors' pixels (not clipped to the image).
+    """
+    deltas = tf.convert_to_tensor(deltas, dtype=tf.float32)
+    anchors = tf.convert_to_tensor(anchors, dtype=tf.float32)
+    deltas = deltas * tf.constant(stds, tf.float32) + tf.constant(means, tf.float32)
+    dy, dx, dh, dw = tf.unstack(deltas, 4, axis=-1)
+    dh = tf.clip_by_value(dh, -max_ratio, max_ratio)
+    dw = tf.clip_by_value(dw, -max_ratio, max_ratio)
+    acy, acx, ah, aw = _centres_and_sizes(anchors)
+    cy = acy + dy * ah
+    cx = acx + dx * aw
+    h = ah * tf.exp(dh)
+    w = aw * tf.exp(dw)
+    return tf.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)
+
+
+def clip_boxes(boxes: tf.Tensor, image_shape) -> tf.Tensor:
+    """Clip yxyx boxes to [0, height] x [0, width].
+
+    Args:
+        boxes: [..., 4] yxyx.
+        image_shape: (height, width) in pixels: a python pair, or a tensor [..., 2] whose
+            leading dimensions are a prefix of the boxes' leading dimensions (e.g. [B, 2]
+            for boxes [B, N, 4]; [2] for any boxes).
+    Returns:
+        boxes of the same shape and dtype, clipped.
+    """
+    boxes = tf.convert_to_tensor(boxes)
+    image_shape = tf.cast(tf.convert_to_tensor(image_shape), boxes.dtype)
+    extra_axes = boxes.shape.rank - image_shape.shape.rank
+    if extra_axes < 0:
+        raise ValueError(
+            f"clip_boxes: image_shape of rank {image_shape.shape.rank} does not fit boxes "
+            f"of rank {boxes.shape.rank}; pass [..., 2] with at most the boxes' leading dims"
+        )
+    for _ in range(extra_axes):
+        image_shape = tf.expand_dims(image_shape, -2)
+    limits = tf.concat([image_shape, image_shape], axis=-1)  # (h, w, h, w)
+    return tf.minimum(tf.maximum(boxes, 0.0), limits)
+
+
+def _is_tensor(boxes) -> bool:
+    return isinstance(boxes, (tf.Tensor, tf.Variable))
+
+
+def yxyx_to_xywh(boxes):
+    """(y1, x1, y2, x2) -> COCO (x, y, width, height).
+
+    Args:
+        boxes: [..., 4], a numpy array (or nested list) or a TensorFlow tensor.
+    Returns:
+        [..., 4] of the same kind (numpy in, numpy out; tensor in, tensor out). Float
+        inputs keep their dtype; other inputs become float32.
+    """
+    if _is_tensor(boxes):
+        if not boxes.dtype.is_floating:
+            boxes = tf.cast(boxes, tf.float32)
+        y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=-1)
+        return tf.stack([x1, y1, x2 - x1, y2 - y1], axis=-1)
+    boxes = np.asarray(boxes)
+    if not np.issubdtype(boxes.dtype, np.floating):
+        boxes = boxes.astype(np.float32)
+    y1, x1, y2, x2 = (boxes[..., i] for i in range(4))
+    return np.stack([x1, y1, x2 - x1, y2 - y1], axis=-1)
+
+
+def xywh_to_yxyx(boxes):
+    """COCO (x, y, width, height) -> (y1, x1, y2, x2).
+
+    Args:
+        boxes: [..., 4], a numpy array (or nested list) or a TensorFlow tensor.
+    Returns:
+        [..., 4] of the same kind (numpy in, numpy out; tensor in, tensor out). Float
+        inputs keep their dtype; other inputs become float32.
+    """
+    if _is_tensor(boxes):
+        if not boxes.dtype.is_floating:
+            boxes = tf.cast(boxes, tf.float32)
+        x, y, w, h = tf.unstack(boxes, 4, axis=-1)
+        return tf.stack([y, x, y + h, x + w], axis=-1)
+    boxes = np.asarray(boxes)
+    if not np.issubdtype(boxes.dtype, np.floating):
+        boxes = boxes.astype(np.float32)
+    x, y, w, h = (boxes[..., i] for i in range(4))
+    return np.stack([y, x, y + h, x + w], axis=-1)
