@@ -1,0 +1,112 @@
+"""Multilevel anchors for the RPN.
+
+An anchor for (ratio r, scale s) at stride t has base size t * s, height base * sqrt(r)
+and width base / sqrt(r) (so r = height / width), and is centred on its feature-map cell:
+((y + 0.5) * t, (x + 0.5) * t). Anchors are yxyx in input pixels, float32.
+
+Order inside a level: row y, then column x, then the A = len(ratios) * len(scales) anchors
+of the cell with the ratio as the outer loop and the scale as the inner loop. This is the
+order of an RPN head output [B, H_l, W_l, A] reshaped to [B, H_l * W_l * A].
+Levels are log2(stride) and come in increasing stride order when concatenated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+
+def anchors_per_location(scales: Sequence[float], ratios: Sequence[float]) -> int:
+    """A, the number of anchors at each feature-map cell: len(ratios) * len(scales)."""
+    return len(ratios) * len(scales)
+
+
+def stride_to_level(stride: int) -> int:
+    """The pyramid level of a stride (8 -> 3); strides must be powers of two."""
+    level = int(round(math.log2(stride)))
+    if 2**level != stride:
+        raise ValueError(f"anchor stride {stride} is not a power of two (e.g. 8, 16, 32)")
+    return level
+
+
+def feature_size(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """(H_l, W_l) = (ceil(H / stride), ceil(W / stride)) for an input of (H, W) pixels."""
+    height, width = image_size
+    return math.ceil(height / stride), math.ceil(width / stride)
+
+
+def _cell_anchors(stride: int, scales: Sequence[float], ratios: Sequence[float]) -> np.ndarray:
+    """[A, 2] (height, width) of the anchors of one cell, ratio-major then scale."""
+    sizes = []
+    for ratio in ratios:
+        for scale in scales:
+            base = stride * scale
+            sizes.append((base * math.sqrt(ratio), base / math.sqrt(ratio)))
+    return np.asarray(sizes, dtype=np.float64)
+
+
+def _level_anchors(
+    image_size: tuple[int, int], stride: int, scales: Sequence[float], ratios: Sequence[float]
+) -> np.ndarray:
+    """[H_l * W_l * A, 4] yxyx anchors of one level as a float32 numpy array."""
+    rows, cols = feature_size(image_size, stride)
+    sizes = _cell_anchors(stride, scales, ratios)  # [A, 2]
+    centre_y = (np.arange(rows, dtype=np.float64) + 0.5) * stride
+    centre_x = (np.arange(cols, dtype=np.float64) + 0.5) * stride
+    cy, cx = np.meshgrid(centre_y, centre_x, indexing="ij")  # [H_l, W_l]
+    centres = np.stack([cy, cx], axis=-1)[:, :, None, :]  # [H_l, W_l, 1, 2]
+    half = 0.5 * sizes[None, None, :, :]  # [1, 1, A, 2]
+    shape = (rows, cols, len(sizes), 2)
+    top_left = np.broadcast_to(centres - half, shape)
+    bottom_right = np.broadcast_to(centres + half, shape)
+    boxes = np.concatenate([top_left, bottom_right], axis=-1)  # [H_l, W_l, A, 4]
+    return boxes.reshape(-1, 4).astype(np.float32)
+
+
+def generate_anchors(
+    image_size: tuple[int, int],
+    strides: Sequence[int],
+    scales: Sequence[float],
+    ratios: Sequence[float],
+) -> dict[int, tf.Tensor]:
+    """Anchors of every level for an input of `image_size` pixels.
+
+    Args:
+        image_size: (height, width) of the network input in pixels.
+        strides: one stride per level, powers of two (the reference's [8, 16, 32, 64, 128]).
+        scales: anchor sizes in units of the stride (the reference's [3]).
+        ratios: height / width ratios (the reference's [0.5, 1.0, 2.0]).
+    Returns:
+        {level: [H_l * W_l * A, 4] float32 yxyx input pixels}, level = log2(stride), with
+        H_l = ceil(H / stride), W_l = ceil(W / stride), A = len(ratios) * len(scales).
+        Anchors may extend past the image border.
+    """
+    return {
+        stride_to_level(stride): tf.constant(_level_anchors(image_size, stride, scales, ratios))
+        for stride in strides
+    }
+
+
+def multilevel_anchors(
+    image_size: tuple[int, int],
+    strides: Sequence[int],
+    scales: Sequence[float],
+    ratios: Sequence[float],
+) -> tuple[tf.Tensor, list[int]]:
+    """All levels' anchors concatenated in increasing stride order.
+
+    Args:
+        As `generate_anchors`.
+    Returns:
+        anchors: [sum_l H_l * W_l * A, 4] float32 yxyx input pixels; the order matches the
+            RPN outputs of each level flattened and concatenated in the order of `strides`
+            sorted ascending.
+        counts: H_l * W_l * A of each level, in the same order (for `tf.split`).
+    """
+    per_level = generate_anchors(image_size, sorted(strides), scales, ratios)
+    levels = sorted(per_level)
+    counts = [int(per_level[level].shape[0]) for level in levels]
+    return tf.concat([per_level[level] for level in levels], axis=0), counts
