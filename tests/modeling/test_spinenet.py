@@ -50,7 +50,12 @@ def check_model_id(model_id: str):
     channels = SCALING_MAP[model_id]["endpoints_num_filters"]
     assert sorted(model.output) == ["P3", "P4", "P5", "P6", "P7"]
     for level in range(3, 8):
-        assert tuple(model.output[f"P{level}"].shape) == (None, size >> level, size >> level, channels)
+        assert tuple(model.output[f"P{level}"].shape) == (
+            None,
+            size >> level,
+            size >> level,
+            channels,
+        )
 
 
 @pytest.mark.parametrize("model_id", FAST_IDS)
@@ -80,7 +85,12 @@ def test_any_divisible_size_runs_with_dynamic_input(size):
 
 def test_min_and_max_level_select_outputs():
     model = build_spinenet(
-        "49", (128, 128, 3), min_level=4, max_level=6, filter_size_scale=0.25, endpoints_num_filters=16
+        "49",
+        (128, 128, 3),
+        min_level=4,
+        max_level=6,
+        filter_size_scale=0.25,
+        endpoints_num_filters=16,
     )
     assert sorted(model.output) == ["P4", "P5", "P6"]
 

@@ -1,0 +1,221 @@
+"""R-CNN heads on RoI features: the box head (convs + FC, class logits and box deltas)
+and the mask head (FCN, per-class 28x28 mask logits).
+
+Both take RoI features [B, N, S, S, C] (NHWC per RoI) and fold the RoIs into the
+batch for the convolutions. Layer choices follow the reference: 3x3 convs without
+bias followed by BatchNorm and ReLU, one FC of `fc_out_channels`, class-specific
+box deltas, a 2x transposed conv (with bias) and a 1x1 conv with one channel per
+class (background included) in the mask head.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+
+def _fold(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """[B, N, ...] -> [B*N, ...], with the dynamic (B, N) to unfold later."""
+    shape = tf.shape(x)
+    return tf.reshape(x, tf.concat([[-1], shape[2:]], 0)), shape[:2]
+
+
+def _unfold(x: tf.Tensor, batch_and_rois: tf.Tensor) -> tf.Tensor:
+    return tf.reshape(x, tf.concat([batch_and_rois, tf.shape(x)[1:]], 0))
+
+
+def _conv_bn_relu_stack(
+    count: int, filters: int, momentum: float, epsilon: float, name: str
+) -> list[layers.Layer]:
+    stack = []
+    for i in range(count):
+        stack += [
+            layers.Conv2D(
+                filters,
+                3,
+                padding="same",
+                use_bias=False,
+                kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "normal"),
+                name=f"{name}_conv{i + 1}",
+            ),
+            layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=f"{name}_bn{i + 1}"),
+            layers.ReLU(name=f"{name}_relu{i + 1}"),
+        ]
+    return stack
+
+
+def _build_stack(stack: list[layers.Layer], shape: tuple) -> tuple:
+    """Builds conv / BN / ReLU layers in order from an NHWC shape; returns the output shape."""
+    for layer in stack:
+        layer.build(shape)
+        shape = tuple(layer.compute_output_shape(shape))
+    return shape
+
+
+@keras.saving.register_keras_serializable(package="maskspine")
+class BoxHead(layers.Layer):
+    """Box head: `num_shared_convs` 3x3 conv-BN-ReLU, flatten, `num_shared_fcs` FC-ReLU,
+    then class logits and box deltas.
+
+    Call: roi_features [B, N, S, S, C] -> (class_logits [B, N, num_classes],
+    box_deltas [B, N, K, 4] with K = num_classes, or 1 when class-agnostic).
+    `num_classes` includes background (index 0).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_shared_convs: int = 4,
+        conv_out_channels: int = 256,
+        num_shared_fcs: int = 1,
+        fc_out_channels: int = 1024,
+        reg_class_agnostic: bool = False,
+        norm_momentum: float = 0.99,
+        norm_epsilon: float = 1e-3,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.num_shared_convs = num_shared_convs
+        self.conv_out_channels = conv_out_channels
+        self.num_shared_fcs = num_shared_fcs
+        self.fc_out_channels = fc_out_channels
+        self.reg_class_agnostic = reg_class_agnostic
+        self.norm_momentum = norm_momentum
+        self.norm_epsilon = norm_epsilon
+        self.convs = _conv_bn_relu_stack(
+            num_shared_convs, conv_out_channels, norm_momentum, norm_epsilon, "box_head"
+        )
+        self.flatten = layers.Flatten(name="box_head_flatten")
+        self.fcs = [
+            layers.Dense(
+                fc_out_channels,
+                activation="relu",
+                kernel_initializer="glorot_uniform",
+                name=f"box_head_fc{i + 1}",
+            )
+            for i in range(num_shared_fcs)
+        ]
+        self.class_logits = layers.Dense(
+            num_classes,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+            name="box_head_class_logits",
+        )
+        self.box_classes = 1 if reg_class_agnostic else num_classes
+        self.box_deltas = layers.Dense(
+            self.box_classes * 4,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
+            name="box_head_box_deltas",
+        )
+
+    def build(self, input_shape):
+        """input_shape: [B, N, S, S, C]."""
+        shape = _build_stack(self.convs, (None, *input_shape[2:]))
+        shape = (None, shape[1] * shape[2] * shape[3])
+        for layer in self.fcs:
+            layer.build(shape)
+            shape = (None, self.fc_out_channels)
+        self.class_logits.build(shape)
+        self.box_deltas.build(shape)
+        self.built = True
+
+    def call(self, roi_features, training=None):
+        x, batch_and_rois = _fold(roi_features)
+        for layer in self.convs:
+            x = (
+                layer(x, training=training)
+                if isinstance(layer, layers.BatchNormalization)
+                else layer(x)
+            )
+        x = self.flatten(x)
+        for layer in self.fcs:
+            x = layer(x)
+        logits = _unfold(self.class_logits(x), batch_and_rois)
+        deltas = self.box_deltas(x)
+        deltas = tf.reshape(deltas, tf.concat([batch_and_rois, [self.box_classes, 4]], 0))
+        return logits, deltas
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "num_shared_convs": self.num_shared_convs,
+            "conv_out_channels": self.conv_out_channels,
+            "num_shared_fcs": self.num_shared_fcs,
+            "fc_out_channels": self.fc_out_channels,
+            "reg_class_agnostic": self.reg_class_agnostic,
+            "norm_momentum": self.norm_momentum,
+            "norm_epsilon": self.norm_epsilon,
+        }
+
+
+@keras.saving.register_keras_serializable(package="maskspine")
+class MaskHead(layers.Layer):
+    """Mask head: `num_convs` 3x3 conv-BN-ReLU, a 2x2 stride-2 transposed conv + ReLU,
+    and a 1x1 conv with one mask-logit channel per class.
+
+    Call: roi_features [B, K, S, S, C] -> mask_logits [B, K, 2S, 2S, num_classes]
+    (28x28 for the usual S = 14), channels last.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_convs: int = 4,
+        conv_out_channels: int = 256,
+        norm_momentum: float = 0.99,
+        norm_epsilon: float = 1e-3,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.num_convs = num_convs
+        self.conv_out_channels = conv_out_channels
+        self.norm_momentum = norm_momentum
+        self.norm_epsilon = norm_epsilon
+        self.convs = _conv_bn_relu_stack(
+            num_convs, conv_out_channels, norm_momentum, norm_epsilon, "mask_head"
+        )
+        self.upsample = layers.Conv2DTranspose(
+            conv_out_channels,
+            2,
+            strides=2,
+            activation="relu",
+            kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "normal"),
+            name="mask_head_deconv",
+        )
+        self.mask_logits = layers.Conv2D(
+            num_classes,
+            1,
+            kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "normal"),
+            name="mask_head_logits",
+        )
+
+    def build(self, input_shape):
+        """input_shape: [B, K, S, S, C]."""
+        shape = _build_stack(self.convs, (None, *input_shape[2:]))
+        self.upsample.build(shape)
+        self.mask_logits.build((None, 2 * shape[1], 2 * shape[2], self.conv_out_channels))
+        self.built = True
+
+    def call(self, roi_features, training=None):
+        x, batch_and_rois = _fold(roi_features)
+        for layer in self.convs:
+            x = (
+                layer(x, training=training)
+                if isinstance(layer, layers.BatchNormalization)
+                else layer(x)
+            )
+        x = self.upsample(x)
+        return _unfold(self.mask_logits(x), batch_and_rois)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "num_convs": self.num_convs,
+            "conv_out_channels": self.conv_out_channels,
+            "norm_momentum": self.norm_momentum,
+            "norm_epsilon": self.norm_epsilon,
+        }

@@ -1,0 +1,149 @@
+"""The whole detector: parameter count, inference contract, losses and gradients,
+distribution, serialization, config checks."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import REPO, make_batch
+
+from maskspine.config import ConfigError, load_config
+from maskspine.modeling.mask_rcnn import LOSS_NAMES, build_mask_rcnn
+
+#: The reference's log prints "Number of parameters: 40785333" for SpineNet-49
+#: Mask R-CNN with 81 classes (its README, "Training process").
+REFERENCE_PARAMS_49 = 40_785_333
+
+
+def test_spinenet49_mask_rcnn_has_the_reference_parameter_count():
+    config = load_config(os.path.join(REPO, "configs", "mask_rcnn_49_640.yaml"))
+    model = build_mask_rcnn(config)
+    assert model.count_params() == REFERENCE_PARAMS_49
+
+
+def test_build_model_is_exported_at_the_top_level(tiny_config):
+    import maskspine
+
+    assert maskspine.build_model(tiny_config).count_params() > 0
+
+
+def test_inference_outputs_follow_the_contract(tiny_config):
+    model = build_mask_rcnn(tiny_config)
+    batch, _ = make_batch(2)
+    out = tf.function(model)(tf.constant(batch["images"]))
+    d = tiny_config.test_cfg.rcnn.max_per_img
+    assert out["detection_boxes"].shape == (2, d, 4)
+    assert out["detection_scores"].shape == (2, d)
+    assert out["detection_classes"].shape == (2, d) and out["detection_classes"].dtype == tf.int32
+    assert out["num_detections"].shape == (2,) and out["num_detections"].dtype == tf.int32
+    assert out["detection_masks"].shape == (2, d, 28, 28)
+    boxes = out["detection_boxes"].numpy()
+    assert (boxes >= 0).all() and (boxes <= 128).all()
+    masks = out["detection_masks"].numpy()
+    assert (masks >= 0).all() and (masks <= 1).all()
+    classes = out["detection_classes"].numpy()
+    for b in range(2):
+        n = int(out["num_detections"][b])
+        assert ((classes[b, :n] >= 1) & (classes[b, :n] < tiny_config.num_classes)).all()
+        assert (classes[b, n:] == 0).all()
+        scores = out["detection_scores"][b, :n].numpy()
+        assert (np.diff(scores) <= 1e-6).all() and (
+            scores >= tiny_config.test_cfg.rcnn.score_thr
+        ).all()
+
+
+def test_image_info_clips_boxes_to_the_scaled_image(tiny_config):
+    model = build_mask_rcnn(tiny_config)
+    batch, _ = make_batch(1)
+    info = batch["image_info"].copy()
+    info[0, 1] = [64, 96]  # image occupies the top-left 64x96 of the padded input
+    out = model({"images": batch["images"], "image_info": info})
+    boxes = out["detection_boxes"].numpy()[0, : int(out["num_detections"][0])]
+    assert (boxes[:, 2] <= 64 + 1e-4).all() and (boxes[:, 3] <= 96 + 1e-4).all()
+
+
+def test_losses_are_finite_and_every_weight_gets_a_gradient(tiny_config):
+    model = build_mask_rcnn(tiny_config)
+    batch, _ = make_batch(2)
+
+    @tf.function
+    def step(batch):
+        with tf.GradientTape() as tape:
+            losses = model.compute_losses(batch, training=True)
+        return losses, tape.gradient(losses["loss"], model.trainable_weights)
+
+    losses, gradients = step({k: tf.constant(v) for k, v in batch.items()})
+    assert set(losses) == set(LOSS_NAMES)
+    for name, value in losses.items():
+        assert np.isfinite(value.numpy()), name
+    parts = sum(float(losses[n]) for n in LOSS_NAMES if n != "loss")
+    assert float(losses["loss"]) == pytest.approx(parts, rel=1e-5)
+    missing = [w.path for w, g in zip(model.trainable_weights, gradients) if g is None]
+    assert not missing
+
+
+def test_loss_weights_from_the_config_are_applied(tiny_config):
+    keras.utils.set_random_seed(3)
+    model = build_mask_rcnn(tiny_config)
+    batch, _ = make_batch(1)
+    base = model.compute_losses(batch, training=False)
+    tiny_config.mask_head.loss_mask.loss_weight = 2.0
+    tiny_config.rpn.loss_cls.loss_weight = 0.5
+    weighted = model.compute_losses(batch, training=False)
+    assert float(weighted["mask_loss"]) == pytest.approx(2.0 * float(base["mask_loss"]), rel=1e-4)
+    assert float(weighted["rpn_cls_loss"]) == pytest.approx(
+        0.5 * float(base["rpn_cls_loss"]), rel=1e-4
+    )
+
+
+def test_fit_runs_under_a_two_replica_mirrored_strategy(tiny_config):
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    assert len(devices) == 2, "conftest sets up two logical CPU devices"
+    strategy = tf.distribute.MirroredStrategy(devices)
+    batch, _ = make_batch(4)
+    # Keras' fit averages one distributed batch across replicas to build the model,
+    # which TF cannot do for bool tensors: crowd flags travel as uint8 under a strategy.
+    batch["gt_is_crowd"] = batch["gt_is_crowd"].astype(np.uint8)
+    with strategy.scope():
+        model = build_mask_rcnn(tiny_config)
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=False)
+    history = model.fit(tf.data.Dataset.from_tensors(batch).repeat(2), epochs=1, verbose=0)
+    assert set(LOSS_NAMES) <= set(history.history)
+    assert all(np.isfinite(v[-1]) for v in history.history.values())
+
+
+def test_weights_and_keras_file_round_trip(tiny_config, tmp_path):
+    model = build_mask_rcnn(tiny_config)
+    batch, _ = make_batch(1)
+    expected = model(batch["images"])
+    model.save_weights(tmp_path / "w.weights.h5")
+    clone = build_mask_rcnn(tiny_config)
+    clone.load_weights(tmp_path / "w.weights.h5")
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    for other in (clone, loaded):
+        got = other(batch["images"])
+        for key in expected:
+            np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), atol=1e-5)
+
+
+def test_channel_mismatch_is_a_config_error(tiny_config):
+    tiny_config.bbox_head.in_channels = 64
+    with pytest.raises(ConfigError, match=r"bbox_head.in_channels is 64 .* 32-channel"):
+        build_mask_rcnn(tiny_config)
+
+
+def test_mask_size_must_match_the_mask_head(tiny_config):
+    tiny_config.train_cfg.rcnn.mask_size = 14
+    with pytest.raises(ConfigError, match="mask_size"):
+        build_mask_rcnn(tiny_config)
+
+
+def test_classes_from_data_must_be_resolved_first():
+    config = load_config(os.path.join(REPO, "configs", "shapes_demo.yaml"))
+    with pytest.raises(ConfigError, match="from_data"):
+        build_mask_rcnn(config)
