@@ -3,6 +3,7 @@ a tiny model config and hand-made training batches."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -13,12 +14,11 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
-try:
+# RuntimeError: devices already initialised (e.g. a plugin imported TF first)
+with contextlib.suppress(RuntimeError):
     tf.config.set_logical_device_configuration(
         _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
     )
-except RuntimeError:  # devices already initialised (e.g. a plugin imported TF first)
-    pass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,7 +10,10 @@ from maskspine.modeling.detection import detect_boxes, select_class_masks
 from maskspine.modeling.rpn import generate_proposals
 
 
-def decode_numpy(deltas, anchors, means, stds, max_ratio=np.abs(np.log(16 / 1000))):
+MAX_RATIO = abs(np.log(16 / 1000))
+
+
+def decode_numpy(deltas, anchors, means, stds, max_ratio=MAX_RATIO):
     """mmdetection's delta2bbox in yxyx order, written independently for the tests."""
     d = deltas * np.asarray(stds) + np.asarray(means)
     ah, aw = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
