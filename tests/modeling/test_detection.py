@@ -9,7 +9,6 @@ import tensorflow as tf
 from maskspine.modeling.detection import detect_boxes, select_class_masks
 from maskspine.modeling.rpn import generate_proposals
 
-
 MAX_RATIO = abs(np.log(16 / 1000))
 
 
