@@ -62,3 +62,8 @@ def main(
 
 def run() -> None:  # pragma: no cover - console entry point for `python -m maskspine.cli`
     sys.exit(app())
+
+
+from maskspine.cli.data import app as data_app  # noqa: E402
+
+app.add_typer(data_app, name="data")

@@ -1,0 +1,256 @@
+"""Drawing instances (ground truth or predictions) on images with matplotlib.
+
+    ax = draw_instances(image, boxes, masks, names=["circle", "square"], scores=[0.9, 0.7])
+    ax.figure.savefig("out.png")
+
+Masks are translucent, one colour per class, with an opaque outline; boxes have a dark
+halo and labels sit on a patch of the class colour with black or white text, whichever
+reads better, so drawings stay legible on dark and on light images. Figures are made
+without pyplot (no global state, nothing to close) unless an `ax` is given.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import matplotlib.patheffects as patheffects
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+#: Distinct, saturated colours (RGB 0..1) that show on both dark and light backgrounds.
+PALETTE: tuple[tuple[float, float, float], ...] = tuple(
+    tuple(channel / 255 for channel in rgb)
+    for rgb in (
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+        (210, 245, 60),
+        (250, 190, 212),
+        (0, 128, 128),
+        (220, 190, 255),
+        (170, 110, 40),
+        (255, 250, 200),
+        (128, 0, 0),
+        (170, 255, 195),
+        (128, 128, 0),
+        (255, 215, 180),
+        (0, 0, 128),
+        (128, 128, 128),
+    )
+)
+
+BOX_FORMATS = ("yxyx", "xyxy", "xywh")
+
+
+def class_colour(key: int | str) -> tuple[float, float, float]:
+    """The colour (RGB 0..1) of a class: by contiguous label when an int, else by name."""
+    is_label = isinstance(key, (int, np.integer))
+    index = int(key) if is_label else zlib.crc32(str(key).encode())
+    return PALETTE[index % len(PALETTE)]
+
+
+def _text_colour(colour: Sequence[float]) -> str:
+    luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+    return "black" if luminance > 0.55 else "white"
+
+
+def _to_yxyx(boxes: np.ndarray, box_format: str) -> np.ndarray:
+    if box_format not in BOX_FORMATS:
+        raise ValueError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if box_format == "yxyx":
+        return boxes
+    if box_format == "xyxy":
+        return boxes[:, [1, 0, 3, 2]]
+    x, y, w, h = boxes.T
+    return np.stack([y, x, y + h, x + w], axis=1)
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """bool [h, w]: mask pixels with a 4-neighbour outside the mask."""
+    padded = np.pad(mask, 1)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner
+
+
+def _rgba(mask: np.ndarray, colour: Sequence[float], alpha: float) -> np.ndarray:
+    """float [h, w, 4]: the colour at `alpha` over the mask, opaque on its outline."""
+    layer = np.zeros((*mask.shape, 4), np.float32)
+    layer[..., :3] = colour
+    layer[..., 3] = np.where(mask, alpha, 0.0)
+    layer[_outline(mask), 3] = 0.95
+    return layer
+
+
+def draw_instances(
+    image: np.ndarray,
+    boxes: np.ndarray | None = None,
+    masks: np.ndarray | None = None,
+    names: Sequence[str] | None = None,
+    scores: Sequence[float] | None = None,
+    *,
+    labels: Sequence[int] | None = None,
+    box_format: str = "yxyx",
+    masks_in_boxes: bool = False,
+    mask_threshold: float = 0.5,
+    alpha: float = 0.45,
+    show_boxes: bool = True,
+    title: str | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Draws an image with instance masks, boxes and class names (and scores).
+
+    Args:
+        image: uint8 [H, W, 3] RGB (or [H, W] grayscale).
+        boxes: [N, 4] in image pixels, in `box_format`: "yxyx" (the model's), "xyxy", or
+            "xywh" (COCO files'). Needed for labels and for `masks_in_boxes`.
+        masks: [N, H, W] bool / 0-1 / probabilities at the image's size, or, with
+            `masks_in_boxes`, [N, m, m] each covering its own box (the model's
+            `detection_masks` and the pipeline's `gt_masks`). Thresholded at
+            `mask_threshold`.
+        names: [N] class names written at each box.
+        scores: [N] written after the names (predictions).
+        labels: [N] contiguous class labels choosing the colours; by name when absent.
+        alpha: mask fill opacity.
+        show_boxes: draw the boxes (labels are drawn either way when boxes are given).
+        title: axes title.
+        ax: draw into these axes; a new figure sized to the image otherwise.
+    Returns:
+        The axes (`ax.figure` is the figure, e.g. for `savefig`).
+    """
+    image = np.asarray(image)
+    height, width = image.shape[:2]
+    if ax is None:
+        dpi = 100
+        scale = max(1.0, 480 / max(height, width))
+        title_height = 24 if title else 0  # pixels above the image for the title
+        figure_height = height * scale + title_height
+        figure = Figure(figsize=(width * scale / dpi, figure_height / dpi), dpi=dpi)
+        ax = figure.add_axes((0, 0, 1, height * scale / figure_height))
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+
+    count = _count(boxes, masks, names)
+    yxyx = _to_yxyx(boxes, box_format) if boxes is not None else None
+    colours = [
+        class_colour(labels[i] if labels is not None else (names[i] if names else i))
+        for i in range(count)
+    ]
+    if masks is not None and count:
+        masks = np.asarray(masks)
+        if masks_in_boxes:
+            if yxyx is None:
+                raise ValueError("masks_in_boxes needs the boxes")
+            for i in range(count):
+                y1, x1, y2, x2 = yxyx[i]
+                if y2 <= y1 or x2 <= x1:
+                    continue
+                layer = _rgba(masks[i] >= mask_threshold, colours[i], alpha)
+                ax.imshow(layer, extent=(x1, x2, y2, y1), interpolation="nearest")
+        else:
+            overlay = np.zeros((height, width, 4), np.float32)
+            for i in range(count):
+                layer = _rgba(masks[i] >= mask_threshold, colours[i], alpha)
+                drawn = layer[..., 3] > 0
+                overlay[drawn] = layer[drawn]
+            ax.imshow(overlay, interpolation="nearest")
+        # Every imshow resets the limits to its extent.
+        ax.set_xlim(0, width)
+        ax.set_ylim(height, 0)
+
+    if yxyx is not None:
+        halo = [
+            patheffects.Stroke(linewidth=3.0, foreground="black", alpha=0.6),
+            patheffects.Normal(),
+        ]
+        for i in range(count):
+            y1, x1, y2, x2 = yxyx[i]
+            if show_boxes:
+                rectangle = Rectangle(
+                    (x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colours[i], linewidth=1.5
+                )
+                rectangle.set_path_effects(halo)
+                ax.add_patch(rectangle)
+            text = names[i] if names is not None else ""
+            if scores is not None:
+                text = f"{text} {float(scores[i]):.2f}".strip()
+            if text:
+                ax.text(
+                    x1,
+                    y1,
+                    text,
+                    fontsize=8,
+                    color=_text_colour(colours[i]),
+                    verticalalignment="bottom" if y1 > 12 else "top",
+                    bbox={
+                        "facecolor": colours[i],
+                        "alpha": 0.85,
+                        "pad": 1.5,
+                        "edgecolor": "none",
+                    },
+                    clip_on=True,
+                )
+    return ax
+
+
+def _count(boxes, masks, names) -> int:
+    for values in (boxes, masks, names):
+        if values is not None:
+            return len(values)
+    return 0
+
+
+def draw_batch_element(
+    batch: dict,
+    index: int,
+    config,
+    class_names: Sequence[str],
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Draws one element of a pipeline batch (`maskspine.data.build_dataset`) with its
+    ground truth: the image de-normalised, boxes, box-relative masks, class names.
+
+    Args:
+        batch: the batch dict (tensors or numpy).
+        index: which element.
+        config: the config the batch was made with (normalisation).
+        class_names: names of labels 1..K (index 0 is label 1).
+    """
+    from maskspine.data.pipeline import denormalize_images
+
+    image = denormalize_images(np.asarray(batch["images"][index]), config)
+    classes = np.asarray(batch["gt_classes"][index])
+    valid = classes > 0
+    boxes = np.asarray(batch["gt_boxes"][index])[valid]
+    masks = np.asarray(batch["gt_masks"][index])[valid]
+    labels = classes[valid]
+    crowd = np.asarray(batch["gt_is_crowd"][index])[valid]
+    names = [
+        (class_names[label - 1] if 0 < label <= len(class_names) else str(label))
+        + (" (crowd)" if is_crowd else "")
+        for label, is_crowd in zip(labels, crowd, strict=True)
+    ]
+    return draw_instances(
+        image,
+        boxes,
+        masks,
+        names,
+        labels=[int(label) for label in labels],
+        masks_in_boxes=True,
+        ax=ax,
+        title=title,
+    )
