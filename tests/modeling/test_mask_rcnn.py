@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, make_batch
+from model_fixtures import REPO, make_batch
 
 from maskspine.config import ConfigError, load_config
 from maskspine.modeling.mask_rcnn import LOSS_NAMES, build_mask_rcnn

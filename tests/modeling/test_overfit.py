@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_batch
+from model_fixtures import make_batch
 
 from maskspine.modeling.mask_rcnn import build_mask_rcnn
 

@@ -1,0 +1,270 @@
+"""Checkpoints: where they live in a run directory, finding the right one, loading them.
+
+A run directory (`maskspine train`) holds:
+
+    config.yaml                       the resolved config (classes, category ids)
+    checkpoints/ckpt-00000100.weights.h5   periodic: model + optimizer state
+    checkpoints/state.json            epoch / step bookkeeping of the latest one
+    best_ckpt/best-epoch0003.weights.h5    the best by segm mAP
+    best_ckpt/best.json               their scores
+
+`.weights.h5` files are Keras' own format; a file written by a compiled model holds
+the optimizer's variables too, so one file resumes training exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from maskspine.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    import keras
+
+    from maskspine.modeling.mask_rcnn import MaskRCNN
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best_ckpt"
+BEST_INDEX = "best.json"
+STATE_FILE = "state.json"
+WEIGHTS_SUFFIX = ".weights.h5"
+_STEP_PATTERN = re.compile(r"ckpt-(\d+)\.weights\.h5$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing or does not fit the model; the message says which."""
+
+
+def periodic_checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / f"ckpt-{step:08d}{WEIGHTS_SUFFIX}"
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The periodic checkpoint with the highest step in `run_dir`, or None."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_PATTERN.search(p.name))]
+    return max(found)[1] if found else None
+
+
+def read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Writes JSON so that a reader sees the old or the new file, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def save_weights_atomic(model: keras.Model, path: Path) -> None:
+    """`model.save_weights` to a temporary name, then an atomic rename: a run killed while
+    writing leaves the previous checkpoint intact and no partial file under `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    model.save_weights(tmp, overwrite=True)
+    os.replace(tmp, path)
+
+
+def best_checkpoint(run_dir: str | Path) -> Path | None:
+    """The best checkpoint recorded in `run_dir/best_ckpt/best.json`, or None."""
+    folder = Path(run_dir) / BEST_DIR
+    entries = [e for e in read_json(folder / BEST_INDEX, []) if (folder / e["file"]).is_file()]
+    if not entries:
+        return None
+    return folder / max(entries, key=lambda e: e["score"])["file"]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A weights file as given, or for a run directory its best checkpoint, else its latest.
+
+    Raises:
+        CheckpointError: nothing usable at `path`.
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = best_checkpoint(path) or latest_checkpoint(path)
+        if found is None and path.name in (CHECKPOINT_DIR, BEST_DIR):
+            found = best_checkpoint(path.parent) or latest_checkpoint(path.parent)
+        if found is None:
+            raise CheckpointError(
+                f"no checkpoint in {path}: expected {BEST_DIR}/{BEST_INDEX} or "
+                f"{CHECKPOINT_DIR}/ckpt-*{WEIGHTS_SUFFIX} (a run directory of `maskspine train`) "
+                f"or a {WEIGHTS_SUFFIX} file"
+            )
+        return found
+    raise CheckpointError(f"checkpoint not found: {path}")
+
+
+def run_config_path(checkpoint: Path) -> Path | None:
+    """The `config.yaml` saved by training beside a checkpoint (its folder or the run dir)."""
+    for folder in (checkpoint.parent, checkpoint.parent.parent):
+        if (folder / CONFIG_FILE).is_file():
+            return folder / CONFIG_FILE
+    return None
+
+
+def config_for_checkpoint(
+    checkpoint: Path, config_path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> Config:
+    """The config to rebuild the model of `checkpoint`.
+
+    The config saved with the checkpoint gives the classes and category ids; a CONFIG file
+    given by the user overrides model and test settings, and `overrides` come last.
+    """
+    saved = run_config_path(checkpoint)
+    if config_path is None:
+        if saved is None:
+            raise ConfigError(
+                f"no {CONFIG_FILE} beside {checkpoint} or in its run directory: give the "
+                "config the model was trained with"
+            )
+        return load_config(saved, overrides)
+    config = load_config(config_path, overrides)
+    if saved is not None and (config.classes_from_data or not config.category_ids):
+        trained = load_config(saved)
+        if config.classes_from_data or config.coco_classes == trained.coco_classes:
+            config.coco_classes = list(trained.coco_classes)
+            config.num_classes = trained.num_classes
+            config.category_ids = list(trained.category_ids)
+    if config.classes_from_data:
+        raise ConfigError(
+            f"{config_path}: coco_classes is 'from_data' and no trained config was found "
+            f"beside {checkpoint}; list the classes the model was trained with"
+        )
+    return config
+
+
+def load_model(
+    checkpoint: str | Path,
+    config_path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> tuple[MaskRCNN, Config, Path]:
+    """Builds the model of a checkpoint (a weights file or a run directory) and loads it.
+
+    Returns:
+        (model, config, the weights file used).
+
+    Raises:
+        CheckpointError: missing checkpoint, or one whose weights do not fit (names the
+            layers that disagree and the file).
+    """
+    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+
+    path = resolve_checkpoint(checkpoint)
+    config = config_for_checkpoint(path, config_path, overrides)
+    model = build_mask_rcnn(config)
+    load_weights_checked(model, path, source_config=_saved_config_or_none(path))
+    return model, config, path
+
+
+def _saved_config_or_none(checkpoint: Path) -> Config | None:
+    saved = run_config_path(checkpoint)
+    return load_config(saved) if saved is not None else None
+
+
+def load_weights_checked(
+    model: keras.Model, checkpoint: Path, *, source_config: Config | None = None
+) -> None:
+    """Loads `checkpoint` into `model`; on a mismatch, says which weights disagree.
+
+    Optimizer variables in the file are ignored unless the model has a built optimizer.
+    """
+    try:
+        model.load_weights(checkpoint)
+        return
+    except (ValueError, KeyError) as error:
+        detail = str(error).splitlines()[0][:300]
+    mismatches: list[str] = []
+    if source_config is not None:
+        from maskspine.modeling.mask_rcnn import build_mask_rcnn
+
+        try:
+            source = build_mask_rcnn(source_config)
+            target_shapes = {w.path: tuple(w.shape) for w in model.weights}
+            for weight in source.weights:
+                shape = target_shapes.get(weight.path)
+                if shape != tuple(weight.shape):
+                    mismatches.append(f"{weight.path}: checkpoint {tuple(weight.shape)}, model {shape}")
+        except ConfigError:
+            pass
+    listed = "\n  ".join(mismatches[:20]) + (
+        f"\n  ... and {len(mismatches) - 20} more" if len(mismatches) > 20 else ""
+    )
+    raise CheckpointError(
+        f"{checkpoint} does not fit the model built from the config ({detail})"
+        + (f"; weights that disagree:\n  {listed}" if mismatches else "")
+    )
+
+
+@dataclass
+class TransferReport:
+    """What `transfer_weights` copied and what it left freshly initialised."""
+
+    loaded: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (weight, why)
+
+    def table(self) -> str:
+        lines = [f"loaded {len(self.loaded)} weights, skipped {len(self.skipped)}:"]
+        width = max([len(name) for name, _ in self.skipped] + [6])
+        lines.append(f"  {'weight':<{width}}  status")
+        for name in self.loaded:
+            lines.append(f"  {name:<{width}}  loaded")
+        for name, why in self.skipped:
+            lines.append(f"  {name:<{width}}  skipped: {why}")
+        return "\n".join(lines)
+
+
+def transfer_weights(model: keras.Model, checkpoint: str | Path) -> TransferReport:
+    """Copies every weight of a checkpoint whose name and shape match into `model`
+    (transfer training); the others keep their fresh initialisation.
+
+    The checkpoint's model is rebuilt from the config saved beside it.
+    """
+    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+
+    path = resolve_checkpoint(checkpoint)
+    saved = run_config_path(path)
+    if saved is None:
+        raise CheckpointError(
+            f"cannot use {path} as a pretrained checkpoint: no {CONFIG_FILE} beside it or in "
+            "its run directory to rebuild the model it was saved from"
+        )
+    source_config = load_config(saved)
+    source_config.img_height, source_config.img_width = model.config.img_height, model.config.img_width
+    source = build_mask_rcnn(source_config)
+    load_weights_checked(source, path, source_config=source_config)
+    by_path = {w.path: w for w in source.weights}
+    report = TransferReport()
+    for weight in model.weights:
+        other = by_path.get(weight.path)
+        if other is None:
+            report.skipped.append((weight.path, "not in the checkpoint"))
+        elif tuple(other.shape) != tuple(weight.shape):
+            report.skipped.append(
+                (weight.path, f"shape {tuple(other.shape)} in the checkpoint, {tuple(weight.shape)} here")
+            )
+        else:
+            weight.assign(other.value)
+            report.loaded.append(weight.path)
+    return report
