@@ -105,6 +105,11 @@ def prepare(
         prepared = prepare_split(split, data_dir=out, force=force)
         typer.echo(f"{label}: {summary_line(prepared).split(': ', 1)[1]}")
         typer.echo(f"  prepared in {prepared.directory}")
+    if out is not None:
+        typer.echo(
+            f"Training and evaluation find it with MASKSPINE_DATA_DIR={out}, or name the "
+            "prepared directory above as the data."
+        )
 
 
 @app.command()

@@ -99,7 +99,8 @@ def _place(image: tf.Tensor, position: tf.Tensor, window: tf.Tensor, padded: Seq
     output size) and padding to `padded` (python ints)."""
     size = tf.shape(image)[:2]
     start = tf.clip_by_value(position, 0, window)
-    source_start = tf.maximum(-position, 0)
+    # An expanded image can lie wholly outside the window: then nothing of it is kept.
+    source_start = tf.clip_by_value(-position, 0, size)
     end = tf.clip_by_value(position + size, start, window)
     extent = end - start
     crop = tf.slice(

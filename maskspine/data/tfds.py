@@ -33,6 +33,7 @@ import io
 import logging
 import re
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,7 +187,8 @@ class PreparedData:
 
     def builder(self) -> tfds.core.DatasetBuilder:
         """The TFDS builder reading this directory."""
-        return tfds.builder_from_directory(self.directory)
+        with _quiet_logs():
+            return tfds.builder_from_directory(self.directory)
 
     @property
     def num_shards(self) -> int:
@@ -195,15 +197,17 @@ class PreparedData:
     def as_dataset(self, *, read_config: tfds.ReadConfig | None = None) -> tf.data.Dataset:
         """The stored examples in order, with the image and masks left encoded:
         `image` string, `objects/mask` string [N] (PNG), the rest decoded."""
-        return self.builder().as_dataset(
-            split=PREPARED_SPLIT,
-            shuffle_files=False,
-            read_config=read_config,
-            decoders={
-                "image": tfds.decode.SkipDecoding(),
-                "objects": {"mask": tfds.decode.SkipDecoding()},
-            },
-        )
+        builder = self.builder()
+        with _quiet_logs():
+            return builder.as_dataset(
+                split=PREPARED_SPLIT,
+                shuffle_files=False,
+                read_config=read_config,
+                decoders={
+                    "image": tfds.decode.SkipDecoding(),
+                    "objects": {"mask": tfds.decode.SkipDecoding()},
+                },
+            )
 
 
 def load_prepared(directory: str | Path) -> PreparedData:
@@ -218,7 +222,8 @@ def load_prepared(directory: str | Path) -> PreparedData:
         if not found:
             raise FileNotFoundError(f"no prepared data set (dataset_info.json) in {directory}")
         directory = found[-1].parent
-    builder = tfds.builder_from_directory(directory)
+    with _quiet_logs():
+        builder = tfds.builder_from_directory(directory)
     metadata = builder.info.metadata or {}
     name = metadata.get("annotations_file", str(directory))
     if name.endswith("/labels.json"):
@@ -281,7 +286,7 @@ def prepare(
         if not (version_dir / "dataset_info.json").is_file():
             logger.info("preparing %s into %s", source.name, version_dir)
             builder = CocoFolder(source=source, data_dir=root)
-            with _quiet_tfds():
+            with _quiet_preparation():
                 builder.download_and_prepare(
                     download_dir=root / "downloads",
                     download_config=tfds.download.DownloadConfig(try_download_gcs=False),
@@ -319,14 +324,32 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet_tfds() -> Iterator[None]:
-    """TFDS' progress bars and GCS look-ups are noise for a local folder."""
-    tfds.disable_progress_bar()
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.WARNING)
+def _quiet_logs() -> Iterator[None]:
+    """TFDS logs its own deprecations and every file it opens; noise for our users."""
+    noisy = [logging.getLogger(name) for name in ("absl", "tensorflow")]
+    levels = [each.level for each in noisy]
+    for each in noisy:
+        each.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        absl_logger.setLevel(level)
-        tfds.enable_progress_bar()
+        for each, level in zip(noisy, levels, strict=True):
+            each.setLevel(level)
+
+
+@contextlib.contextmanager
+def _quiet_preparation() -> Iterator[None]:
+    """Quiet logs; TFDS' "Downloading and preparing" lines (nothing is downloaded) to the
+    log; its progress bar only on a terminal."""
+    interactive = sys.stderr.isatty()
+    if not interactive:
+        tfds.disable_progress_bar()
+    printed = io.StringIO()
+    try:
+        with _quiet_logs(), contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        if not interactive:
+            tfds.enable_progress_bar()
+        for line in printed.getvalue().splitlines():
+            logger.debug("tfds: %s", line)

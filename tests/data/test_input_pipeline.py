@@ -12,7 +12,13 @@ from coco_fixtures import SHAPE_COLOURS, make_config, write_labels
 from PIL import Image, ImageDraw
 
 from maskspine.data import DataError, build_dataset
-from maskspine.data.pipeline import crop_masks_to_boxes, denormalize_images
+from maskspine.data.pipeline import (
+    _place,
+    crop_masks_to_boxes,
+    decode_image,
+    denormalize_images,
+    preprocess_image,
+)
 
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 STD = np.array([58.395, 57.12, 57.375], np.float32)
@@ -77,6 +83,24 @@ def test_evaluation_geometry_by_hand(messy_folder, tmp_path):
     assert (last["gt_classes"][0] == -1).all()
 
 
+def test_stretching_without_keep_ratio_and_the_inference_preprocessing(messy_folder, tmp_path):
+    config = make_config(keep_ratio=0, test_batch_size=1)
+    first = batches(build_dataset(config, messy_folder, training=False, data_dir=tmp_path))[0]
+    # a.png (48 x 64) stretched to 128 x 128: scales 128/48 and 128/64.
+    np.testing.assert_allclose(
+        first["image_info"][0], [[48, 64], [128, 128], [128 / 48, 2], [0, 0]], rtol=1e-6
+    )
+    np.testing.assert_allclose(first["gt_boxes"][0, 1], [5 * 128 / 48, 60, 20 * 128 / 48, 120])
+    # The function inference uses gives the evaluation pipeline's images and image_info.
+    encoded = tf.io.read_file(str(messy_folder / "data" / "a.png"))
+    for keep_ratio in (0, 1):
+        config = make_config(keep_ratio=keep_ratio)
+        images, info = preprocess_image(decode_image(encoded), config)
+        batch = batches(build_dataset(config, messy_folder, training=False, data_dir=tmp_path))[0]
+        np.testing.assert_array_equal(images.numpy(), batch["images"][0])
+        np.testing.assert_array_equal(info.numpy(), batch["image_info"][0])
+
+
 def _flip_folder(folder):
     """60 x 60 black image: a red 5 x 5 block at rows 10-14, cols 5-9 and a green L."""
     canvas = np.zeros((60, 60, 3), np.uint8)
@@ -121,6 +145,19 @@ def test_flip_moves_boxes_masks_and_pixels_together(tmp_path):
     assert ell[3, 3] == 0 and ell[3, 24] == 1 and ell[24, 3] == 1 and ell[24, 24] == 1
 
 
+@pytest.mark.parametrize("position", [(-300, 5), (5, -300), (500, 0), (-10, -20), (100, 100)])
+def test_placing_keeps_what_falls_in_the_window(position):
+    image = tf.reshape(tf.range(1, 1 + 200 * 150 * 1, dtype=tf.float32), [200, 150, 1])
+    placed = _place(image, tf.constant(position, tf.int32), tf.constant([128, 96]), (128, 128))
+    # Reference: paste into a large canvas with numpy, then cut the window and pad.
+    canvas = np.zeros((1200, 1200, 1), np.float32)
+    oy, ox = 500 + position[0], 500 + position[1]
+    canvas[oy : oy + 200, ox : ox + 150] = image.numpy()
+    expected = np.zeros((128, 128, 1), np.float32)
+    expected[:, :96] = canvas[500 : 500 + 128, 500 : 500 + 96]
+    np.testing.assert_array_equal(placed.numpy(), expected)
+
+
 def _paste(mask: np.ndarray, box: np.ndarray, height: int, width: int) -> np.ndarray:
     """Reference paster: each pixel centre inside the box reads the mask cell under it."""
     y1, x1, y2, x2 = box
@@ -162,6 +199,18 @@ def test_flip_expand_and_jitter_keep_boxes_and_masks_on_their_pixels(colour_fold
                     assert iou > 0.8, (b, g, iou)
                     checked += 1
     assert checked >= 12
+
+
+def test_extreme_augmentation_never_fails_and_stays_in_the_window(colour_folder, tmp_path):
+    config = make_config(
+        batch_size=4, flip_ratio=0.5, expand_ratio=1.0, aug_scale_min=0.25, aug_scale_max=3.0
+    )
+    dataset = build_dataset(config, colour_folder, training=True, data_dir=tmp_path)
+    for batch in batches(dataset.repeat(6)):
+        valid = batch["gt_classes"] > 0
+        boxes = batch["gt_boxes"][valid]
+        assert (boxes >= 0).all() and (boxes <= 128).all()
+        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
 
 
 def _bilinear_reference(mask: np.ndarray, box, size: int) -> np.ndarray:
@@ -362,3 +411,21 @@ def test_missing_or_wrong_sources_name_the_path(tmp_path):
 def test_fewer_images_than_a_batch_is_an_error(colour_folder, tmp_path):
     with pytest.raises(DataError, match="less than one batch of 8"):
         build_dataset(make_config(batch_size=8), colour_folder, training=True, data_dir=tmp_path)
+
+
+def test_mirrored_strategy_reads_per_replica_batches(colour_folder, tmp_path):
+    devices = tf.config.list_logical_devices("CPU")
+    if len(devices) < 2:
+        pytest.skip("needs two logical CPU devices (tests/conftest.py makes them)")
+    strategy = tf.distribute.MirroredStrategy([device.name for device in devices[:2]])
+    config = make_config(batch_size=1)
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return build_dataset(
+            config, colour_folder, training=True, input_context=context, data_dir=tmp_path
+        )
+
+    distributed = strategy.distribute_datasets_from_function(dataset_fn)
+    batch = next(iter(distributed))
+    parts = strategy.experimental_local_results(batch["images"])
+    assert len(parts) == 2 and all(part.shape == (1, 128, 128, 3) for part in parts)
