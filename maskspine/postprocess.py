@@ -16,8 +16,9 @@ Model outputs (one image): `detection_boxes` [D, 4] yxyx in network-input pixels
 `detection_scores` [D], `detection_classes` [D] int32 contiguous 1-based (0 = padding),
 `num_detections` [] int, `detection_masks` [D, M, M] probabilities relative to each box.
 `image_info` [4, 2] rows: original (h, w); scaled (h, w); scale (y, x) = scaled / original;
-offset (y, x), the pixels the image was shifted by inside the padded input, so that
-`input pixel = original pixel * scale + offset`.
+offset (y, x), the pixels cropped off the scaled image's top-left corner (Model Garden's
+convention, negative when the image was shifted right / down), so that
+`input pixel = original pixel * scale - offset`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def boxes_to_original(boxes_yxyx: np.ndarray, image_info: np.ndarray) -> np.ndar
         image_info: [4, 2] rows original (h, w); scaled (h, w); scale (y, x); offset (y, x).
 
     Returns:
-        [D, 4] float32 yxyx in original pixels, `(input - offset) / scale`, clipped to
+        [D, 4] float32 yxyx in original pixels, `(input + offset) / scale`, clipped to
         [0, h] x [0, w] of the original image.
 
     Raises:
@@ -65,7 +66,7 @@ def boxes_to_original(boxes_yxyx: np.ndarray, image_info: np.ndarray) -> np.ndar
     scale = np.tile(info[2], 2)  # (y, x, y, x)
     offset = np.tile(info[3], 2)
     limits = np.tile(info[0], 2)
-    original = (boxes - offset) / scale
+    original = (boxes + offset) / scale
     return np.clip(original, 0.0, limits).astype(np.float32)
 
 

@@ -65,7 +65,7 @@ def test_boxes_to_original_inverts_scale_and_offset():
     info = make_image_info((100, 140), (1.6, 1.25), (7.0, 3.0))
     scale = np.array([1.6, 1.25, 1.6, 1.25], np.float32)
     offset = np.array([7.0, 3.0, 7.0, 3.0], np.float32)
-    network = original * scale + offset
+    network = original * scale - offset  # the data pipeline's (Model Garden's) convention
     got = postprocess.boxes_to_original(network, info)
     np.testing.assert_allclose(got, original, rtol=1e-5, atol=1e-4)
     assert got.dtype == np.float32
