@@ -225,7 +225,7 @@ def model_outputs_for_one_image():
 
 def test_detections_to_instances():
     # Network input = original * 2 + (4, 0): original image 60 x 70.
-    info = make_image_info((60, 70), (2.0, 2.0), (4.0, 0.0))
+    info = make_image_info((60, 70), (2.0, 2.0), (-4.0, 0.0))
     instances = postprocess.detections_to_instances(model_outputs_for_one_image(), info)
     assert [item["score"] for item in instances] == pytest.approx([0.9, 0.6, 0.3])
     assert [item["label"] for item in instances] == [1, 2, 2]
