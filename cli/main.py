@@ -15,7 +15,10 @@ from typing import TypeVar
 import typer
 
 import maskspine
+from maskspine.checkpoints import CheckpointError
 from maskspine.config import ConfigError
+from maskspine.data.coco import DataError
+from maskspine.training import TrainingError
 
 app = typer.Typer(
     name="maskspine",
@@ -28,7 +31,13 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable)
 
 #: Exceptions that mean "the user's input is wrong", printed without a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    FileNotFoundError,
+    DataError,
+    CheckpointError,
+    TrainingError,
+)
 
 
 def user_errors(function: F) -> F:
@@ -67,3 +76,19 @@ def run() -> None:  # pragma: no cover - console entry point for `python -m mask
 from maskspine.cli.data import app as data_app  # noqa: E402
 
 app.add_typer(data_app, name="data")
+
+from maskspine.cli.train import train_command  # noqa: E402
+
+app.command("train")(train_command)
+
+from maskspine.cli.export import export_command  # noqa: E402
+
+app.command("export")(export_command)
+
+from maskspine.cli.draw import draw_command  # noqa: E402
+from maskspine.cli.evaluate import eval_command  # noqa: E402
+from maskspine.cli.infer import infer_command  # noqa: E402
+
+app.command("eval")(eval_command)
+app.command("infer")(infer_command)
+app.command("draw")(draw_command)

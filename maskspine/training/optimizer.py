@@ -1,0 +1,157 @@
+"""Optimizer and learning-rate schedules as the reference configures them.
+
+Warm-up: the rate grows linearly from `lr * warmup_ratio` at step 0 to `lr` at
+`warmup_step`; then `multistep` divides by 10 at each epoch in `lr_steps`, or
+`cosine` decays to `min_lr` at the last step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from maskspine.config import Config
+
+#: Variables without weight decay: BatchNorm scale/offset and biases.
+NO_DECAY_NAMES = ("gamma", "beta", "bias")
+
+
+@keras.saving.register_keras_serializable(package="maskspine")
+class WarmupMultiStep(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up then step decay: lr * 0.1**k after the k-th boundary (in steps)."""
+
+    def __init__(
+        self,
+        lr: float,
+        warmup_steps: int,
+        warmup_ratio: float,
+        boundaries: list[int],
+        factor: float = 0.1,
+    ):
+        self.lr = float(lr)
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_ratio = float(warmup_ratio)
+        self.boundaries = [int(b) for b in boundaries]
+        self.factor = float(factor)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        decays = tf.add_n(
+            [tf.constant(0.0)] + [tf.cast(step >= b, tf.float32) for b in self.boundaries]
+        )
+        rate = self.lr * tf.pow(self.factor, decays)
+        return _warmup(rate, step, self.lr, self.warmup_steps, self.warmup_ratio)
+
+    def get_config(self) -> dict:
+        return {
+            "lr": self.lr,
+            "warmup_steps": self.warmup_steps,
+            "warmup_ratio": self.warmup_ratio,
+            "boundaries": self.boundaries,
+            "factor": self.factor,
+        }
+
+
+@keras.saving.register_keras_serializable(package="maskspine")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up then cosine decay from `lr` (at warm-up end) to `min_lr` at `total_steps`."""
+
+    def __init__(
+        self, lr: float, warmup_steps: int, warmup_ratio: float, total_steps: int, min_lr: float
+    ):
+        self.lr = float(lr)
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_ratio = float(warmup_ratio)
+        self.total_steps = int(total_steps)
+        self.min_lr = float(min_lr)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        span = max(self.total_steps - self.warmup_steps, 1)
+        progress = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
+        rate = self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + tf.cos(math.pi * progress))
+        return _warmup(rate, step, self.lr, self.warmup_steps, self.warmup_ratio)
+
+    def get_config(self) -> dict:
+        return {
+            "lr": self.lr,
+            "warmup_steps": self.warmup_steps,
+            "warmup_ratio": self.warmup_ratio,
+            "total_steps": self.total_steps,
+            "min_lr": self.min_lr,
+        }
+
+
+def _warmup(rate, step, lr: float, warmup_steps: int, warmup_ratio: float):
+    if warmup_steps <= 0:
+        return rate
+    warm = lr * (warmup_ratio + (1.0 - warmup_ratio) * step / warmup_steps)
+    return tf.where(step < warmup_steps, warm, rate)
+
+
+def learning_rate_schedule(
+    config: Config, steps_per_epoch: int
+) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The config's schedule; `lr_steps` are epochs, converted with `steps_per_epoch`
+    (optimizer steps, i.e. after gradient accumulation)."""
+    if config.lr_type == "multistep":
+        return WarmupMultiStep(
+            config.lr,
+            config.warmup_step,
+            config.warmup_ratio,
+            [epoch * steps_per_epoch for epoch in config.lr_steps],
+        )
+    return WarmupCosine(
+        config.lr,
+        config.warmup_step,
+        config.warmup_ratio,
+        config.epoch_size * steps_per_epoch,
+        config.min_lr,
+    )
+
+
+def build_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The optimizer of `opt_type` with the schedule, decoupled weight decay (not on BN or
+    biases), global-norm clipping (`grad_clip` > 0), gradient accumulation
+    (`accumulate_step` > 1) and, under mixed_float16, loss scaling from `loss_scale`."""
+    accumulate = max(int(config.accumulate_step), 1)
+    schedule = learning_rate_schedule(config, max(steps_per_epoch // accumulate, 1))
+    common = dict(
+        learning_rate=schedule,
+        weight_decay=config.weight_decay or None,
+        global_clipnorm=config.grad_clip if config.grad_clip > 0 else None,
+        gradient_accumulation_steps=accumulate if accumulate > 1 else None,
+    )
+    if config.opt_type == "sgd":
+        optimizer = keras.optimizers.SGD(momentum=config.momentum, **common)
+    elif config.opt_type == "adam":
+        optimizer = keras.optimizers.Adam(**common)
+    else:
+        optimizer = keras.optimizers.AdamW(**common)
+    if config.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
+    if keras.config.dtype_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=config.loss_scale)
+    return optimizer
+
+
+def set_precision(config: Config) -> str:
+    """Sets Keras' global dtype policy from `mixed_precision`: mixed_float16 on GPU,
+    mixed_bfloat16 on CPU, float32 when off. Returns the policy name."""
+    if not config.mixed_precision:
+        name = "float32"
+    elif tf.config.list_logical_devices("GPU"):
+        name = "mixed_float16"
+    else:
+        name = "mixed_bfloat16"
+    keras.config.set_dtype_policy(name)
+    return name
+
+
+def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    """The rate the optimizer uses at its current step."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    rate = inner.learning_rate
+    return float(rate.numpy() if hasattr(rate, "numpy") else rate)
