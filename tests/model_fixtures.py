@@ -32,6 +32,26 @@ TINY_OVERRIDES = [
 ]
 
 
+#: TINY_OVERRIDES for a run on the small shapes set: classes from the data, few short epochs.
+RUN_OVERRIDES = [o for o in TINY_OVERRIDES if not o.startswith(("coco_classes", "num_classes"))] + [
+    "coco_classes=from_data",
+    "batch_size=2",
+    "epoch_size=2",
+    "steps_per_epoch=3",
+    "save_every=2",
+    "keep_checkpoint_max=2",
+    "log_every=2",
+    "eval_every=2",
+    "warmup_step=2",
+    "lr=0.01",
+    "test_cfg.rcnn.max_per_img=20",
+    "test_cfg.rpn.nms_pre=100",
+    "test_cfg.rpn.max_per_img=100",
+    "train_cfg.rpn_proposal.nms_pre=200",
+    "train_cfg.rpn_proposal.max_per_img=200",
+]
+
+
 def make_batch(
     batch_size: int = 2, size: int = 128, num_gts: int = 8, mask_size: int = 28, seed: int = 0
 ) -> tuple[dict[str, np.ndarray], list[list[tuple[int, np.ndarray, np.ndarray]]]]:
