@@ -159,6 +159,13 @@ def train(
         config.train_outputs = str(out or config.train_outputs)
         resolve_classes(config, load_categories(train_data))
         run_dir = run_directory(config)
+    worker = _non_chief_worker(strategy)
+    if worker is not None:
+        # Every worker saves (Keras needs all of them to take part); only the chief's
+        # files are the run's, the others go to a folder of their own inside it.
+        run_dir = run_dir / "workers" / f"worker-{worker}"
+        if resume is not None and not (run_dir / CONFIG_FILE).is_file():
+            resume = None
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _setup_logging(run_dir)
     try:
@@ -178,6 +185,17 @@ def train(
     finally:
         logging.getLogger("maskspine").removeHandler(handler)
         handler.close()
+
+
+def _non_chief_worker(strategy: tf.distribute.Strategy) -> int | None:
+    """The task index of a MultiWorkerMirroredStrategy worker other than the chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief") or (task_type == "worker" and task_id == 0):
+        return None
+    return int(task_id)
 
 
 def _to_distributable(batch: dict) -> dict:

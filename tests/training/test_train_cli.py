@@ -117,3 +117,39 @@ def test_sigkill_during_training_then_resume(small_shapes, tmp_path):
     expected = [(e, s) for e in range(1, 4) for s in (2, 4)
                 if (e, s) > (resume_epoch, resume_step)]  # fmt: skip
     assert [(int(e), int(s)) for e, s in steps] == expected
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_worker_multi_worker_mirrored_training(small_shapes, tmp_path):
+    ports = [free_port(), free_port()]
+    cluster = {"worker": [f"localhost:{port}" for port in ports]}
+    processes = []
+    for index in range(2):
+        args = [sys.executable, "-m", "maskspine.cli", "train", CONFIG, "--train-data", small_shapes[0],
+                "--val-data", small_shapes[1], "--out", str(tmp_path), "--brief", "mw"]  # fmt: skip
+        for override in [*RUN_OVERRIDES, "epoch_size=1", "steps_per_epoch=3", "run_eval=0"]:
+            args += ["--set", override]
+        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        processes.append(
+            subprocess.Popen(
+                args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True
+            )
+        )
+    outputs = [p.communicate(timeout=900)[0] for p in processes]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+    (run,) = tmp_path.glob("*_MaskRCNN_mw_128x128")
+    log = (run / "train.log").read_text()
+    assert "MultiWorkerMirroredStrategy over 2 replicas" in log
+    assert "global batch 4" in log
+    assert json.loads((run / "checkpoints" / "state.json").read_text())["global_step"] == 3
+    assert (run / "workers" / "worker-1" / "checkpoints" / "state.json").is_file()
