@@ -34,6 +34,11 @@ from maskspine.export import (
 )
 from maskspine.postprocess_tf import boxes_to_original_tf, paste_masks_tf
 
+#: Factors on fresh weights that make an untrained model's scores and masks decisive.
+SHARPEN = {
+    "box_head/box_head_class_logits/kernel": 100.0,
+    "mask_head/mask_head_logits/kernel": 20.0,
+}
 CATEGORY_IDS = [3, 7, 9]  # the data set's ids of square, disc, bar: not 1..3 on purpose
 #: (height, width) of the test images: larger and smaller than the 128 x 128 input, two alike.
 IMAGE_SIZES = [(150, 200), (96, 128), (70, 90), (150, 200)]
@@ -164,7 +169,13 @@ def exported(tmp_path_factory):
     )
     run = root / "run"
     save_config(config, run / "config.yaml")
-    save_weights_atomic(build_mask_rcnn(config), run / "checkpoints" / "ckpt-00000001.weights.h5")
+    untrained = build_mask_rcnn(config)
+    # Sharpen the fresh heads: class scores well apart (an order that float noise cannot
+    # swap) and mask probabilities mostly away from the 0.5 threshold.
+    for weight in untrained.weights:
+        if weight.path in SHARPEN:
+            weight.assign(weight * SHARPEN[weight.path])
+    save_weights_atomic(untrained, run / "checkpoints" / "ckpt-00000001.weights.h5")
     model, config, _ = load_model(run)
 
     rng = np.random.default_rng(0)
@@ -435,21 +446,37 @@ def _parse_saved_model_cli(text: str) -> dict[str, dict[str, dict[str, tuple[str
 # --------------------------------------------------------------------------- the command
 
 
+def _threshold_between_scores(entries: list[dict]) -> float:
+    """A score threshold that keeps some but not all detections of each entry and lies well
+    away from every score (float noise cannot move a detection across it)."""
+    per_image = [sorted(p["score"] for p in entry["predictions"]) for entry in entries]
+    scores = sorted(score for image in per_image for score in image)
+    gaps = [
+        (low + high) / 2
+        for low, high in zip(scores, scores[1:])
+        if high - low > 5e-4 and all(image[0] < (low + high) / 2 < image[-1] for image in per_image)
+    ]
+    assert gaps, f"no usable threshold between the scores {scores}"
+    return float(gaps[len(gaps) // 2])
+
+
 def test_cli_export_with_options(exported):
     from maskspine.cli.main import app
 
     reference = exported["reference"]
-    scores = sorted({p["score"] for entry in reference[:2] for p in entry["predictions"]})
-    threshold = float(np.round((scores[len(scores) // 2] + scores[len(scores) // 2 + 1]) / 2, 6))
+    threshold = _threshold_between_scores(reference[:2])
     base = exported["root"] / "exports"
     completed = CliRunner().invoke(
         app,
         [
             "export",
+            str(exported["run"] / "config.yaml"),
             "--checkpoint",
             str(exported["run"]),
             "--output",
             str(base),
+            "--set",
+            "test_cfg.rcnn.max_per_img=10",
             "--input-type",
             "image_bytes",
             "--batch-size",
@@ -468,7 +495,9 @@ def test_cli_export_with_options(exported):
     encoded = [path.read_bytes() for path in exported["paths"][:2]]
     outputs = _numpy(serve(image_bytes=tf.constant(encoded)))
     for image_outputs, entry in zip(_unbatch(outputs), reference[:2]):
-        kept = [p for p in entry["predictions"] if p["score"] >= threshold]
+        # --set max_per_img=10: the first 10 of the 20 (combined NMS is greedy per class).
+        kept = [p for p in entry["predictions"] if p["score"] >= threshold][:10]
+        assert image_outputs["detection_boxes"].shape == (10, 4)
         assert_same_as_infer(image_outputs, {**entry, "predictions": kept}, full_masks=False)
 
 
