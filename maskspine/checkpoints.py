@@ -205,7 +205,9 @@ def load_weights_checked(
             for weight in source.weights:
                 shape = target_shapes.get(weight.path)
                 if shape != tuple(weight.shape):
-                    mismatches.append(f"{weight.path}: checkpoint {tuple(weight.shape)}, model {shape}")
+                    mismatches.append(
+                        f"{weight.path}: checkpoint {tuple(weight.shape)}, model {shape}"
+                    )
         except ConfigError:
             pass
     listed = "\n  ".join(mismatches[:20]) + (
@@ -251,7 +253,10 @@ def transfer_weights(model: keras.Model, checkpoint: str | Path) -> TransferRepo
             "its run directory to rebuild the model it was saved from"
         )
     source_config = load_config(saved)
-    source_config.img_height, source_config.img_width = model.config.img_height, model.config.img_width
+    source_config.img_height, source_config.img_width = (
+        model.config.img_height,
+        model.config.img_width,
+    )
     source = build_mask_rcnn(source_config)
     load_weights_checked(source, path, source_config=source_config)
     by_path = {w.path: w for w in source.weights}
@@ -262,7 +267,10 @@ def transfer_weights(model: keras.Model, checkpoint: str | Path) -> TransferRepo
             report.skipped.append((weight.path, "not in the checkpoint"))
         elif tuple(other.shape) != tuple(weight.shape):
             report.skipped.append(
-                (weight.path, f"shape {tuple(other.shape)} in the checkpoint, {tuple(weight.shape)} here")
+                (
+                    weight.path,
+                    f"shape {tuple(other.shape)} in the checkpoint, {tuple(weight.shape)} here",
+                )
             )
         else:
             weight.assign(other.value)

@@ -386,6 +386,22 @@ class MaskRCNN(keras.Model):
         losses["loss"] = tf.add_n([tf.cast(v, tf.float32) for v in losses.values()])
         return losses
 
+    def compile(self, *args, **kwargs):
+        """`keras.Model.compile`, then the optimizer's variables are created at once (under
+        the current strategy scope), so `fit` has nothing left to build."""
+        kwargs.setdefault("jit_compile", False)  # crop_and_resize has no XLA kernel
+        super().compile(*args, **kwargs)
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras (3.15) averages one distributed batch over the replicas to build an unbuilt
+        # model; TF cannot average bool tensors nor MultiWorkerMirroredStrategy's per-replica
+        # dicts. Model and optimizer are built already (__init__, compile): nothing to do.
+        if self.built and (self.optimizer is None or self.optimizer.built):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def train_step(self, data):
         with tf.GradientTape() as tape:
             losses = self.compute_losses(data, training=True)
@@ -404,7 +420,11 @@ class MaskRCNN(keras.Model):
     def _track(self, losses: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         for name, tracker in self.loss_trackers.items():
             tracker.update_state(losses[name])
-        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+        logs = {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras (3.15) averages multi-worker logs with reduce(axis=0), which needs rank 1.
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
 
     @property
     def metrics(self):

@@ -65,8 +65,11 @@ def choose_strategy(cpu_replicas: int = 0) -> tf.distribute.Strategy:
 
 def describe(strategy: tf.distribute.Strategy) -> str:
     """e.g. 'MirroredStrategy over 2 replicas (/device:CPU:0, /device:CPU:1)'."""
-    name = type(strategy).__name__
-    if name == "_DefaultDistributionStrategy":
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        name = "MultiWorkerMirroredStrategy"  # its class is CollectiveAllReduceStrategy
+    elif isinstance(strategy, tf.distribute.MirroredStrategy):
+        name = "MirroredStrategy"
+    else:
         return "one device (no distribution)"
     devices = getattr(strategy.extended, "worker_devices", ())
     return f"{name} over {strategy.num_replicas_in_sync} replicas ({', '.join(devices)})"

@@ -198,15 +198,6 @@ def _non_chief_worker(strategy: tf.distribute.Strategy) -> int | None:
     return int(task_id)
 
 
-def _to_distributable(batch: dict) -> dict:
-    """Keras' fit averages one distributed batch to build the model, which TF cannot do for
-    bool tensors: crowd flags travel as uint8 (the model casts them back)."""
-    if "gt_is_crowd" in batch:
-        batch = dict(batch)
-        batch["gt_is_crowd"] = tf.cast(batch["gt_is_crowd"], tf.uint8)
-    return batch
-
-
 def _train_in(
     config: Config,
     run_dir: Path,
@@ -239,14 +230,16 @@ def _train_in(
         raise TrainingError(
             "cannot tell how many batches the training data holds; set steps_per_epoch in the config"
         )
-    train_set = train_set.repeat().map(_to_distributable)
+    # Shard by batches, not files: a prepared data set may be a single shard file.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train_set = train_set.repeat().with_options(options)
 
     logger.info("Creating network...")
     with strategy.scope():
         model = build_mask_rcnn(config)
         optimizer = build_optimizer(config, steps_per_epoch)
         model.compile(optimizer=optimizer, jit_compile=False, auto_scale_loss=False)
-        optimizer.build(model.trainable_variables)
     logger.info("Number of parameters: %d", model.count_params())
     logger.info("Device type: %s", "GPU" if tf.config.list_logical_devices("GPU") else "CPU")
 

@@ -42,7 +42,6 @@ def test_two_replicas_match_one_replica(tiny_config):
     tiny_config.train_cfg.rpn_proposal.max_per_img = 100
     one, _ = make_batch(1)
     batch = {key: np.repeat(value, 4, axis=0) for key, value in one.items()}
-    batch["gt_is_crowd"] = batch["gt_is_crowd"].astype(np.uint8)  # see trainer._to_distributable
     data = tf.data.Dataset.from_tensors(batch)
 
     single = build(tiny_config, tf.distribute.get_strategy())
