@@ -1,9 +1,10 @@
 """`maskspine export`: the SavedModel for TF Serving, its signatures, and the serving client.
 
 References: `maskspine.postprocess` (numpy) for the graph mask paster and box un-scaling;
-the `infer` path (the Keras model run on the same image files, then the numpy post-processing
-into the reference's JSON) for every signature's detections; pycocotools to decode its RLE
-masks; TensorFlow's own `saved_model_cli` and a Python without maskspine for loading.
+`maskspine infer`'s `predict_images` (the Keras model on the same image files, then the
+numpy post-processing into the reference's JSON) for every signature's detections;
+pycocotools to decode its RLE masks; TensorFlow's own `saved_model_cli` and a Python without
+maskspine for loading.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from maskspine.export import (
     next_version,
     resolve_input_types,
 )
+from maskspine.inference import predict_images
 from maskspine.postprocess_tf import boxes_to_original_tf, paste_masks_tf
 
 #: Factors on fresh weights that make an untrained model's scores and masks decisive.
@@ -201,37 +203,9 @@ def exported(tmp_path_factory):
 
 def infer_reference(model, config, paths) -> list[dict]:
     """What `maskspine infer` writes for `paths`: one reference-JSON entry per image."""
-    try:
-        from maskspine.inference import predict_images
-    except ImportError:
-        return _infer_with_model(model, config, paths)
     entries, failures = predict_images(model, config, paths, batch_size=2, score_threshold=0.0)
     assert not failures
     return [entries[str(path)] for path in paths]
-
-
-def _infer_with_model(model, config, paths) -> list[dict]:
-    # The infer path spelled out: decode, preprocess_image, the Keras model, then the numpy
-    # post-processing into the reference's JSON.
-    from maskspine.data.pipeline import decode_image, preprocess_image
-
-    entries = []
-    for path in paths:
-        image = decode_image(tf.io.read_file(str(path)))
-        inputs, info = preprocess_image(image, config)
-        outputs = model({"images": inputs[None], "image_info": info[None]}, training=False)
-        instances = postprocess.detections_to_instances(
-            postprocess.unbatch_outputs(outputs)[0],
-            info.numpy(),
-            score_threshold=0.0,
-            mask_threshold=config.test_cfg.rcnn.mask_thr_binary,
-        )
-        entries.append(
-            postprocess.to_reference_json(
-                instances, image.shape[:2], config.class_names, config.category_ids
-            )
-        )
-    return entries
 
 
 def assert_same_as_infer(outputs: dict[str, np.ndarray], entry: dict, *, full_masks: bool):
