@@ -211,8 +211,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--write-bodies", type=Path, help="Write the REST bodies here as JSON.")
     args = parser.parse_args(argv)
 
-    encoded = [path.read_bytes() for path in args.images]
-    images = [load_image(path) for path in args.images]
+    try:
+        encoded = [path.read_bytes() for path in args.images]
+        images = [load_image(path) for path in args.images]
+    except OSError as error:  # missing file, or not an image PIL can read
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     bodies = {"image_bytes": rest_image_bytes_body(encoded)}
     if len({image.shape for image in images}) == 1:
         bodies["image_tensor"] = rest_image_tensor_body(images)
