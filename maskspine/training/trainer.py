@@ -34,7 +34,7 @@ from maskspine.checkpoints import (
     transfer_weights,
 )
 from maskspine.config import Config, ConfigError, load_config, save_config
-from maskspine.data import build_dataset, load_categories, resolve_source
+from maskspine.data import build_dataset, load_categories, prepare_source, resolve_source
 from maskspine.modeling.mask_rcnn import build_mask_rcnn
 from maskspine.training import TrainingError
 from maskspine.training import callbacks as cb
@@ -121,7 +121,7 @@ def train(
     pretrained: str | Path | None = None,
     resume: str | Path | None = None,
     cpu_replicas: int = 0,
-    verbose: str | int = "auto",
+    verbose: str | int | None = None,
 ) -> TrainResult:
     """Trains (or resumes training of) the model described by `config`.
 
@@ -134,12 +134,15 @@ def train(
         pretrained: a checkpoint of ours to start from (weights whose shapes match).
         resume: a run directory to continue.
         cpu_replicas: > 1 mirrors over that many logical CPU devices.
-        verbose: Keras' progress bar setting.
+        verbose: Keras' `fit` verbosity; default: the progress bar on a terminal, one line
+            per epoch otherwise (logs, CI).
 
     Raises:
         ConfigError, TrainingError, FileNotFoundError: with messages naming what to fix.
     """
     strategy = choose_strategy(cpu_replicas)
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
 
     if resume is not None:
         run_dir = Path(resume).expanduser()
@@ -221,15 +224,15 @@ def _train_in(
     keras.utils.set_random_seed(config.seed)
 
     train_set = build_dataset(config, train_data, training=True, batch_size=global_batch)
-    cardinality = int(train_set.cardinality())
     if config.steps_per_epoch > 0:
         steps_per_epoch = config.steps_per_epoch
-    elif cardinality > 0:
-        steps_per_epoch = cardinality
     else:
-        raise TrainingError(
-            "cannot tell how many batches the training data holds; set steps_per_epoch in the config"
-        )
+        steps_per_epoch = _training_images(config, train_data) // global_batch
+        if steps_per_epoch <= 0:
+            raise TrainingError(
+                f"{train_data} has fewer training images than one global batch of {global_batch}"
+            )
+    logger.info("Steps per epoch: %d", steps_per_epoch)
     # Shard by batches, not files: a prepared data set may be a single shard file.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -335,6 +338,15 @@ def _train_in(
         run_dir,
     )
     return TrainResult(run_dir, state.epoch, state.global_step, last_eval, history)
+
+
+def _training_images(config: Config, train_data: str) -> int:
+    """Images the training pipeline uses in one pass (those with a non-crowd instance)."""
+    prepared = prepare_source(train_data, training=True, seed=config.seed)
+    counts = prepared.non_crowd_counts
+    if config.train_dataset_num > 0:
+        counts = counts[: config.train_dataset_num]
+    return sum(count > 0 for count in counts)
 
 
 def _coco_evaluator(config: Config, val_data: str):
