@@ -241,3 +241,70 @@ class EvaluationCheckpoint(keras.callbacks.Callback):
         for entry in dropped:
             (self.folder / entry["file"]).unlink(missing_ok=True)
         logger.info("Best checkpoint %s (segm mAP %.4f)", name, score)
+
+
+class MLflowLogger(keras.callbacks.Callback):
+    """Logs the config as parameters, each epoch's losses and mAPs as metrics, and at the
+    end the best checkpoint (or the latest) as an artifact, to MLflow's active tracking
+    server (`MLFLOW_TRACKING_URI`, else ./mlruns)."""
+
+    def __init__(self, mlflow_module, run_dir: Path, params: dict[str, Any]):
+        super().__init__()
+        self.mlflow = mlflow_module
+        self.run_dir = Path(run_dir)
+        self.params = params
+        self._active = False
+
+    def on_train_begin(self, logs=None):
+        if self.mlflow.active_run() is None:
+            self.mlflow.start_run(run_name=self.run_dir.name)
+            self._active = True
+        # MLflow rejects parameter values over 500 characters (the class list can be longer).
+        self.mlflow.log_params({k: str(v)[:500] for k, v in self.params.items()})
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
+        self.mlflow.log_metrics(metrics, step=epoch + 1)
+
+    def on_train_end(self, logs=None):
+        best = self.run_dir / BEST_DIR
+        entries = read_json(best / BEST_INDEX, [])
+        if entries:
+            self.mlflow.log_artifact(str(best / entries[0]["file"]), artifact_path="best_ckpt")
+        self.mlflow.log_artifact(str(self.run_dir / "config.yaml"))
+        if self._active:
+            self.mlflow.end_run()
+            self._active = False
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def flatten_params(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"rpn": {"loss_bbox": {"beta": 0.1}}} -> {"rpn.loss_bbox.beta": 0.1}."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def import_mlflow():
+    """The mlflow module, or a TrainingError saying how to install it."""
+    from maskspine.training import TrainingError
+
+    try:
+        import mlflow
+    except ImportError:
+        raise TrainingError(
+            "mlflow: true in the config but MLflow is not installed; `pip install mlflow`, "
+            "or set mlflow: false"
+        ) from None
+    return mlflow

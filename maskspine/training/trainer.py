@@ -33,7 +33,7 @@ from maskspine.checkpoints import (
     load_weights_checked,
     transfer_weights,
 )
-from maskspine.config import Config, ConfigError, load_config, save_config
+from maskspine.config import Config, ConfigError, config_to_dict, load_config, save_config
 from maskspine.data import build_dataset, load_categories, prepare_source, resolve_source
 from maskspine.modeling.mask_rcnn import build_mask_rcnn
 from maskspine.training import TrainingError
@@ -267,6 +267,7 @@ def _train_in(
         logger.info("Training already finished (%d epochs) in %s", epochs, run_dir)
         return TrainResult(run_dir, state.epoch, state.global_step, None, {})
 
+    mlflow = cb.import_mlflow() if config.mlflow else None
     evaluator = None
     if config.run_eval:
         evaluator = _coco_evaluator(config, val_data)
@@ -291,6 +292,9 @@ def _train_in(
                     last_epoch=epochs,
                 )
             )
+        if mlflow is not None:
+            params = cb.flatten_params(config_to_dict(config))
+            items.append(cb.MLflowLogger(mlflow, run_dir, params))
         items += [
             keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=True),
             keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),

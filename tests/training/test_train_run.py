@@ -24,10 +24,52 @@ def run_training(overrides, tmp, data, **kwargs):
     return train(config, train_data=data[0], val_data=data[1], out=tmp, verbose=0, **kwargs)
 
 
+class FakeMLflow:
+    """Records what training sends to MLflow (MLflow itself is not a dependency)."""
+
+    def __init__(self):
+        self.calls = []
+        self.run = None
+
+    def active_run(self):
+        return self.run
+
+    def start_run(self, run_name):
+        self.run = run_name
+        self.calls.append(("start_run", run_name))
+
+    def end_run(self):
+        self.calls.append(("end_run", self.run))
+        self.run = None
+
+    def log_params(self, params):
+        self.calls.append(("log_params", params))
+
+    def log_metrics(self, metrics, step):
+        self.calls.append(("log_metrics", step, metrics))
+
+    def log_artifact(self, path, artifact_path=None):
+        self.calls.append(("log_artifact", path, artifact_path))
+
+
 @pytest.fixture(scope="module")
-def finished_run(small_shapes, tmp_path_factory):
+def fake_mlflow():
+    import sys
+
+    fake = FakeMLflow()
+    saved = sys.modules.get("mlflow")
+    sys.modules["mlflow"] = fake
+    yield fake
+    if saved is None:
+        del sys.modules["mlflow"]
+    else:
+        sys.modules["mlflow"] = saved
+
+
+@pytest.fixture(scope="module")
+def finished_run(small_shapes, tmp_path_factory, fake_mlflow):
     out = tmp_path_factory.mktemp("runs")
-    result = run_training(RUN_OVERRIDES, out, small_shapes, brief="t")
+    result = run_training([*RUN_OVERRIDES, "mlflow=true"], out, small_shapes, brief="t")
     return result
 
 
@@ -112,3 +154,26 @@ def test_transfer_to_a_different_class_count(finished_run, small_shapes, tmp_pat
     }
     assert len(report.loaded) == len(model.weights) - len(skipped)
     assert "skipped: shape" in report.table()
+
+
+def test_mlflow_gets_params_metrics_and_the_best_checkpoint(finished_run, fake_mlflow):
+    kinds = [call[0] for call in fake_mlflow.calls]
+    assert kinds[0] == "start_run" and kinds[-1] == "end_run"
+    params = next(call[1] for call in fake_mlflow.calls if call[0] == "log_params")
+    assert params["backbone.arch"] == "49" and params["batch_size"] == "2"
+    metrics = [call for call in fake_mlflow.calls if call[0] == "log_metrics"]
+    assert [call[1] for call in metrics[:2]] == [1, 2]
+    assert "loss" in metrics[0][2] and "val_seg_mAP" in metrics[1][2]
+    artifacts = [call[1] for call in fake_mlflow.calls if call[0] == "log_artifact"]
+    assert any("best_ckpt" in path and path.endswith(".weights.h5") for path in artifacts)
+
+
+def test_mlflow_missing_is_a_clear_error(monkeypatch):
+    import sys
+
+    from maskspine.training import TrainingError
+    from maskspine.training.callbacks import import_mlflow
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import fails as when not installed
+    with pytest.raises(TrainingError, match="pip install mlflow"):
+        import_mlflow()
