@@ -124,3 +124,40 @@ def test_strategy_for_cpu_replicas_and_tf_config(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ValueError, match="TF_CONFIG"):
         workers_in_tf_config()
+
+
+@pytest.fixture
+def restore_policy():
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+def test_mixed_precision_on_cpu_is_bfloat16_and_trains(tiny_config, restore_policy):
+    import numpy as np
+    import tensorflow as tf
+    from model_fixtures import make_batch
+
+    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.training.optimizer import set_precision
+
+    tiny_config.mixed_precision = True
+    assert set_precision(tiny_config) == "mixed_bfloat16"
+    model = build_mask_rcnn(tiny_config)
+    assert model.backbone.get_layer("stem_conv").compute_dtype == "bfloat16"
+    assert model.backbone.get_layer("stem_conv").kernel.dtype == "float32"
+    model.compile(optimizer=build_optimizer(tiny_config, steps_per_epoch=10))
+    batch, _ = make_batch(2)
+    history = model.fit(tf.data.Dataset.from_tensors(batch).repeat(2), verbose=0).history
+    assert all(np.isfinite(values[-1]) for values in history.values())
+    outputs = model(batch["images"])
+    assert outputs["detection_boxes"].dtype == tf.float32
+    assert outputs["detection_masks"].dtype == tf.float32
+
+
+def test_float16_policy_wraps_the_optimizer_with_the_reference_loss_scale(restore_policy):
+    config = load_config(CONFIG, ["loss_scale=256"])
+    keras.config.set_dtype_policy("mixed_float16")  # what set_precision picks on a GPU
+    optimizer = build_optimizer(config, steps_per_epoch=10)
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    assert optimizer.initial_scale == 256.0
+    assert isinstance(optimizer.inner_optimizer, keras.optimizers.SGD)
