@@ -237,9 +237,19 @@ class TransferReport:
         return "\n".join(lines)
 
 
-def transfer_weights(model: keras.Model, checkpoint: str | Path) -> TransferReport:
+#: Weights whose meaning depends on the class list (the reference's `finetune` resets them).
+CLASS_LAYERS = ("box_head_class_logits", "box_head_box_deltas", "mask_head_logits")
+
+
+def transfer_weights(
+    model: keras.Model, checkpoint: str | Path, *, fresh_class_layers: bool = False
+) -> TransferReport:
     """Copies every weight of a checkpoint whose name and shape match into `model`
     (transfer training); the others keep their fresh initialisation.
+
+    Args:
+        fresh_class_layers: also leave the class-dependent layers (`CLASS_LAYERS`) fresh
+            even when their shapes match (config `finetune: 1`: new classes).
 
     The checkpoint's model is rebuilt from the config saved beside it.
     """
@@ -265,6 +275,8 @@ def transfer_weights(model: keras.Model, checkpoint: str | Path) -> TransferRepo
         other = by_path.get(weight.path)
         if other is None:
             report.skipped.append((weight.path, "not in the checkpoint"))
+        elif fresh_class_layers and any(f"/{name}/" in weight.path for name in CLASS_LAYERS):
+            report.skipped.append((weight.path, "class-dependent layer, finetune: 1"))
         elif tuple(other.shape) != tuple(weight.shape):
             report.skipped.append(
                 (

@@ -252,7 +252,7 @@ class MLflowLogger(keras.callbacks.Callback):
         super().__init__()
         self.mlflow = mlflow_module
         self.run_dir = Path(run_dir)
-        self.params = params
+        self.config_params = params  # not `params`: Keras sets that to the fit arguments
         self._active = False
 
     def on_train_begin(self, logs=None):
@@ -260,7 +260,7 @@ class MLflowLogger(keras.callbacks.Callback):
             self.mlflow.start_run(run_name=self.run_dir.name)
             self._active = True
         # MLflow rejects parameter values over 500 characters (the class list can be longer).
-        self.mlflow.log_params({k: str(v)[:500] for k, v in self.params.items()})
+        self.mlflow.log_params({k: str(v)[:500] for k, v in self.config_params.items()})
 
     def on_epoch_end(self, epoch, logs=None):
         metrics = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}

@@ -247,7 +247,7 @@ def _train_in(
     logger.info("Device type: %s", "GPU" if tf.config.list_logical_devices("GPU") else "CPU")
 
     state = cb.TrainingState(run_dir)
-    latest = latest_checkpoint(run_dir)
+    latest = _resume_checkpoint(run_dir, state)
     if latest is not None:
         load_weights_checked(model, latest)
         logger.info(
@@ -259,7 +259,7 @@ def _train_in(
         )
     elif pretrained or config.pre_trained:
         source = pretrained or config.pre_trained
-        report = transfer_weights(model, source)
+        report = transfer_weights(model, source, fresh_class_layers=bool(config.finetune))
         logger.info("Transfer from %s: %s", source, report.table())
 
     epochs = config.epoch_size
@@ -342,6 +342,16 @@ def _train_in(
         run_dir,
     )
     return TrainResult(run_dir, state.epoch, state.global_step, last_eval, history)
+
+
+def _resume_checkpoint(run_dir: Path, state: cb.TrainingState) -> Path | None:
+    """The checkpoint `state.json` names (it is written after the file is in place, so the
+    two agree even when a run was killed between them), else the newest one."""
+    if state.checkpoint:
+        named = run_dir / "checkpoints" / state.checkpoint
+        if named.is_file():
+            return named
+    return latest_checkpoint(run_dir)
 
 
 def _training_images(config: Config, train_data: str) -> int:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 import yaml
 from model_fixtures import REPO, RUN_OVERRIDES
@@ -154,6 +155,29 @@ def test_transfer_to_a_different_class_count(finished_run, small_shapes, tmp_pat
     }
     assert len(report.loaded) == len(model.weights) - len(skipped)
     assert "skipped: shape" in report.table()
+
+
+def test_finetune_resets_class_layers_even_when_shapes_match(finished_run):
+    from maskspine.checkpoints import CLASS_LAYERS, load_model, transfer_weights
+
+    trained, config, _ = load_model(finished_run.run_dir)
+    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+
+    model = build_mask_rcnn(config)  # same classes, fresh weights
+    report = transfer_weights(model, finished_run.run_dir, fresh_class_layers=True)
+    assert {name for name, _ in report.skipped} == {
+        f"{head}/{layer}/{var}"
+        for head, layer in (
+            ("box_head", CLASS_LAYERS[0]),
+            ("box_head", CLASS_LAYERS[1]),
+            ("mask_head", CLASS_LAYERS[2]),
+        )
+        for var in ("kernel", "bias")
+    }
+    by_path = {w.path: w.numpy() for w in trained.weights}
+    for weight in model.weights:
+        if weight.path in report.loaded:
+            np.testing.assert_array_equal(weight.numpy(), by_path[weight.path])
 
 
 def test_mlflow_gets_params_metrics_and_the_best_checkpoint(finished_run, fake_mlflow):
