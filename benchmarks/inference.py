@@ -21,7 +21,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
 
 from maskspine.config import load_config  # noqa: E402
-from maskspine.modeling.detection import detect_boxes, select_class_masks  # noqa: E402
 from maskspine.modeling.mask_rcnn import build_mask_rcnn  # noqa: E402
 
 
@@ -59,25 +58,7 @@ def main() -> None:
     feats = features(images)
     propose = tf.function(lambda f: model.propose(f, image_shape, training=False)[2:])
     proposals, valid = propose(feats)
-    rcnn = config.test_cfg.rcnn
-    coder = config.bbox_head.bbox_coder
-
-    @tf.function
-    def box_stage(inputs):
-        f, p, v = inputs
-        logits, deltas = model.box_head(model.box_features(f, p), training=False)
-        return detect_boxes(
-            logits,
-            deltas,
-            p,
-            v,
-            image_shape,
-            means=coder.target_means,
-            stds=coder.target_stds,
-            score_thr=rcnn.score_thr,
-            iou_threshold=rcnn.iou_threshold,
-            max_per_img=rcnn.max_per_img,
-        )
+    box_stage = tf.function(lambda inputs: model.detect(*inputs, image_shape))
 
     @tf.function
     def box_head_only(inputs):
@@ -85,12 +66,7 @@ def main() -> None:
         return model.box_head(model.box_features(f, p), training=False)
 
     detections = box_stage((feats, proposals, valid))
-
-    @tf.function
-    def mask_stage(inputs):
-        f, boxes, classes = inputs
-        logits = model.mask_head(model.mask_features(f, boxes), training=False)
-        return tf.sigmoid(select_class_masks(logits, classes))
+    mask_stage = tf.function(lambda inputs: model.detection_masks(*inputs))
 
     stages = [
         ("backbone", features, images),

@@ -53,6 +53,28 @@ def _build_stack(stack: list[layers.Layer], shape: tuple) -> tuple:
     return shape
 
 
+def _run_stack(stack: list[layers.Layer], x, training):
+    """Applies conv / BN / ReLU layers in order; BatchNorm gets the training flag."""
+    for layer in stack:
+        x = (
+            layer(x, training=training)
+            if isinstance(layer, layers.BatchNormalization)
+            else layer(x)
+        )
+    return x
+
+
+def _run_stack(stack: list[layers.Layer], x, training):
+    """Applies conv / BN / ReLU layers in order; BatchNorm gets the training flag."""
+    for layer in stack:
+        x = (
+            layer(x, training=training)
+            if isinstance(layer, layers.BatchNormalization)
+            else layer(x)
+        )
+    return x
+
+
 @keras.saving.register_keras_serializable(package="maskspine")
 class BoxHead(layers.Layer):
     """Box head: `num_shared_convs` 3x3 conv-BN-ReLU, flatten, `num_shared_fcs` FC-ReLU,
@@ -122,12 +144,7 @@ class BoxHead(layers.Layer):
 
     def call(self, roi_features, training=None):
         x, batch_and_rois = _fold(roi_features)
-        for layer in self.convs:
-            x = (
-                layer(x, training=training)
-                if isinstance(layer, layers.BatchNormalization)
-                else layer(x)
-            )
+        x = _run_stack(self.convs, x, training)
         x = self.flatten(x)
         for layer in self.fcs:
             x = layer(x)
@@ -201,12 +218,7 @@ class MaskHead(layers.Layer):
 
     def call(self, roi_features, training=None):
         x, batch_and_rois = _fold(roi_features)
-        for layer in self.convs:
-            x = (
-                layer(x, training=training)
-                if isinstance(layer, layers.BatchNormalization)
-                else layer(x)
-            )
+        x = _run_stack(self.convs, x, training)
         x = self.upsample(x)
         return _unfold(self.mask_logits(x), batch_and_rois)
 

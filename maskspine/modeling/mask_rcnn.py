@@ -218,45 +218,22 @@ class MaskRCNN(keras.Model):
         return objectness, deltas, proposals, valid
 
     def box_features(self, features, boxes):
-        """[B, N, 4] boxes -> [B, N, S, S, C] RoIAlign features for the box head."""
-        roi = self.config.roi
-        return multilevel_roi_align(
-            features,
-            boxes,
-            output_size=roi.roi_layer.out_size,
-            featmap_strides=roi.featmap_strides,
-            finest_scale=roi.finest_scale,
-            sampling_ratio=roi.roi_layer.sample_num,
-        )
+        """[B, N, 4] boxes -> [B, N, S, S, C] RoIAlign features for the box head (`roi`)."""
+        return _roi_features(features, boxes, self.config.roi)
 
     def mask_features(self, features, boxes):
-        """[B, K, 4] boxes -> [B, K, S, S, C] RoIAlign features for the mask head."""
-        roi = self.config.mask_roi
-        return multilevel_roi_align(
-            features,
-            boxes,
-            output_size=roi.roi_layer.out_size,
-            featmap_strides=roi.featmap_strides,
-            finest_scale=roi.finest_scale,
-            sampling_ratio=roi.roi_layer.sample_num,
-        )
+        """[B, K, 4] boxes -> [B, K, S, S, C] RoIAlign features for the mask head (`mask_roi`)."""
+        return _roi_features(features, boxes, self.config.mask_roi)
 
-    # ------------------------------------------------------------------ inference
-
-    def call(self, inputs, training=False):
-        if isinstance(inputs, dict):
-            images, image_info = inputs["images"], inputs.get("image_info")
-        else:
-            images, image_info = inputs, None
-        image_shape = self._image_shape(images, image_info)
-        features = self.backbone(images, training=False)
-        _, _, proposals, valid = self.propose(features, image_shape, training=False)
+    def detect(self, features, proposals, valid, image_shape) -> dict[str, tf.Tensor]:
+        """Box head on the proposals, class-wise decode and NMS (test_cfg.rcnn): the
+        detection dict without masks."""
         class_logits, box_deltas = self.box_head(
             self.box_features(features, proposals), training=False
         )
         rcnn = self.config.test_cfg.rcnn
         coder = self.config.bbox_head.bbox_coder
-        detections = detect_boxes(
+        return detect_boxes(
             class_logits,
             box_deltas,
             proposals,
@@ -268,13 +245,26 @@ class MaskRCNN(keras.Model):
             iou_threshold=rcnn.iou_threshold,
             max_per_img=rcnn.max_per_img,
         )
-        mask_logits = self.mask_head(
-            self.mask_features(features, detections["detection_boxes"]), training=False
+
+    def detection_masks(self, features, boxes, classes) -> tf.Tensor:
+        """[B, D, 28, 28] mask probabilities of each detection's own class."""
+        mask_logits = self.mask_head(self.mask_features(features, boxes), training=False)
+        return tf.sigmoid(select_class_masks(tf.cast(mask_logits, tf.float32), classes))
+
+    # ------------------------------------------------------------------ inference
+
+    def call(self, inputs, training=False):
+        if isinstance(inputs, dict):
+            images, image_info = inputs["images"], inputs.get("image_info")
+        else:
+            images, image_info = inputs, None
+        image_shape = self._image_shape(images, image_info)
+        features = self.backbone(images, training=False)
+        _, _, proposals, valid = self.propose(features, image_shape, training=False)
+        detections = self.detect(features, proposals, valid, image_shape)
+        detections["detection_masks"] = self.detection_masks(
+            features, detections["detection_boxes"], detections["detection_classes"]
         )
-        masks = select_class_masks(
-            tf.cast(mask_logits, tf.float32), detections["detection_classes"]
-        )
-        detections["detection_masks"] = tf.sigmoid(masks)
         return detections
 
     # ------------------------------------------------------------------ training
@@ -438,6 +428,18 @@ class MaskRCNN(keras.Model):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> MaskRCNN:
         return cls(config["config"], name=config.get("name", "mask_rcnn"))
+
+
+def _roi_features(features, boxes, extractor) -> tf.Tensor:
+    """Multilevel RoIAlign with an extractor config (`roi` or `mask_roi`)."""
+    return multilevel_roi_align(
+        features,
+        boxes,
+        output_size=extractor.roi_layer.out_size,
+        featmap_strides=extractor.featmap_strides,
+        finest_scale=extractor.finest_scale,
+        sampling_ratio=extractor.roi_layer.sample_num,
+    )
 
 
 def _assigner_kwargs(assigner) -> dict[str, Any]:
