@@ -44,6 +44,9 @@ CLASSES_FROM_DATA = "from_data"
 
 SPINENET_ARCHS = ("49S", "49", "96", "143", "143L", "190")
 
+#: norm_cfg.type values: per-replica BatchNorm, or BatchNorm synchronised over replicas.
+NORM_TYPES = ("BN", "SyncBN")
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says where and how to fix it."""
@@ -54,8 +57,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class NormConfig:
-    """Batch normalisation. `momentum` is the reference's (PyTorch-style) weight of the
-    new batch statistics; Keras' BatchNormalization gets `1 - momentum`."""
+    """Batch normalisation. `type`: "BN" (per replica) or "SyncBN" (statistics over all
+    replicas, for small per-GPU batches). `momentum` is the reference's (PyTorch-style)
+    weight of the new batch statistics; Keras' BatchNormalization gets `1 - momentum`."""
 
     type: str = "BN"
     momentum: float = 0.01
@@ -435,6 +439,15 @@ def validate(config: Config, *, source: str = "<config>") -> None:
             raise ConfigError(
                 f"{source}: {key}={value} must be a positive multiple of {divisor} "
                 f"(2**backbone.max_level)"
+            )
+    for key, norm in (
+        ("backbone.norm_cfg", config.backbone.norm_cfg),
+        ("bbox_head.norm_cfg", config.bbox_head.norm_cfg),
+        ("mask_head.norm_cfg", config.mask_head.norm_cfg),
+    ):
+        if norm.type not in NORM_TYPES:
+            raise ConfigError(
+                f"{source}: {key}.type must be one of {', '.join(NORM_TYPES)}, got {norm.type!r}"
             )
     choices = {"opt_type": ("sgd", "adam", "adamw"), "lr_type": ("multistep", "cosine")}
     for key, allowed in choices.items():

@@ -174,6 +174,12 @@ class MaskRCNN(keras.Model):
             norm_epsilon=mask.norm_cfg.eps,
             name="mask_head",
         )
+        for part, norm in (
+            (self.backbone, config.backbone.norm_cfg),
+            (self.box_head, box.norm_cfg),
+            (self.mask_head, mask.norm_cfg),
+        ):
+            _synchronize_batch_norm(part, norm.type == "SyncBN")
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
         channels = endpoint_channels(config)
         self.rpn_head.build((None, None, None, channels))
@@ -428,6 +434,14 @@ class MaskRCNN(keras.Model):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> MaskRCNN:
         return cls(config["config"], name=config.get("name", "mask_rcnn"))
+
+
+def _synchronize_batch_norm(part: keras.layers.Layer, synchronized: bool) -> None:
+    """norm_cfg.type SyncBN: BatchNorm statistics over all replicas (Keras reads the flag
+    at call time and saves it with the layer)."""
+    for layer in part._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = synchronized
 
 
 def _roi_features(features, boxes, extractor) -> tf.Tensor:

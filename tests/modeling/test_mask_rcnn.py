@@ -131,3 +131,26 @@ def test_classes_from_data_must_be_resolved_first():
     config = load_config(os.path.join(REPO, "configs", "shapes_demo.yaml"))
     with pytest.raises(ConfigError, match="from_data"):
         build_mask_rcnn(config)
+
+
+def test_sync_bn_synchronises_the_chosen_parts(tiny_config):
+    tiny_config.backbone.norm_cfg.type = "SyncBN"
+    model = build_mask_rcnn(tiny_config)
+    flags = {
+        name: {
+            layer.synchronized
+            for layer in part._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)
+        }
+        for name, part in (("backbone", model.backbone), ("box_head", model.box_head))
+    }
+    assert flags == {"backbone": {True}, "box_head": {False}}
+    batch, _ = make_batch(1)
+    assert np.isfinite(float(model.compute_losses(batch, training=True)["loss"]))
+
+
+def test_unknown_norm_type_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"mask_head.norm_cfg.type must be one of BN, SyncBN"):
+        load_config(
+            os.path.join(REPO, "configs", "mask_rcnn_49_640.yaml"), ["mask_head.norm_cfg.type=GN"]
+        )
