@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from maskspine.config import Config, ConfigError, load_config
+from maskspine.files import write_text_atomic
 
 if TYPE_CHECKING:
     import keras
@@ -67,11 +68,7 @@ def read_json(path: Path, default: Any) -> Any:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Writes JSON so that a reader sees the old or the new file, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def save_weights_atomic(model: keras.Model, path: Path) -> None:

@@ -21,6 +21,8 @@ from typing import Any, Union
 
 import yaml
 
+from maskspine.files import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 #: Keys of the reference's YAML that only make sense on MindSpore: accepted, ignored.
@@ -393,11 +395,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 def save_config(config: Config, path: str | Path) -> None:
     """Writes the resolved config as YAML that `load_config` reads back unchanged."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def validate(config: Config, *, source: str = "<config>") -> None:

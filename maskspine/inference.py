@@ -315,10 +315,10 @@ def save_inference_json(path: str | os.PathLike, entries: Mapping[str, Any]) -> 
     Returns:
         The path written.
     """
-    from maskspine.evaluation.coco_eval import _atomic_write_text
+    from maskspine.files import write_text_atomic
 
     path = Path(path)
-    _atomic_write_text(path, json.dumps(dict(entries), indent=1) + "\n")
+    write_text_atomic(path, json.dumps(dict(entries), indent=1) + "\n")
     return path
 
 

@@ -50,12 +50,12 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from maskspine.evaluation.coco_eval import (
-    _atomic_write_text,
     _results_list,
     check_results,
     load_coco_gt,
     load_results,
 )
+from maskspine.files import write_text_atomic
 
 #: The rows of the error breakdown, from strictest to most forgiving.
 ERROR_ROWS = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
@@ -367,4 +367,4 @@ def _number(value: float) -> str:
 def _write_csv(path: Path, rows: list[list[Any]]) -> None:
     buffer = io.StringIO()
     csv.writer(buffer).writerows(rows)
-    _atomic_write_text(path, buffer.getvalue())
+    write_text_atomic(path, buffer.getvalue())

@@ -20,7 +20,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,6 +27,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from maskspine.files import write_text_atomic
 
 #: The 12 numbers of `COCOeval.summarize`, in its order.
 STAT_NAMES = (
@@ -327,7 +328,7 @@ def save_per_class_csv(path: str | os.PathLike, tables: Mapping[str, Sequence[Pe
             values = (entry.AP, entry.AP50, entry.AP75) if entry else (math.nan,) * 3
             row.extend("" if math.isnan(v) else repr(float(v)) for v in values)
         writer.writerow(row)
-    _atomic_write_text(path, buffer.getvalue())
+    write_text_atomic(path, buffer.getvalue())
     return path
 
 
@@ -346,23 +347,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder and `os.replace`, so that an
-    interrupted run never leaves a half-written file under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
 def save_predictions(path: str | os.PathLike, results: Sequence[Mapping[str, Any]]) -> Path:
     """Write COCO result records as a JSON list, atomically (temporary file + replace).
 
@@ -371,7 +355,7 @@ def save_predictions(path: str | os.PathLike, results: Sequence[Mapping[str, Any
     """
     path = Path(path)
     text = json.dumps(list(results), default=_json_default)
-    _atomic_write_text(path, text)
+    write_text_atomic(path, text)
     return path
 
 

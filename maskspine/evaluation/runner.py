@@ -31,7 +31,6 @@ from maskspine.evaluation.coco_eval import (
     IOU_TYPES,
     EvaluationResult,
     PerClassAP,
-    _atomic_write_text,
     evaluate_coco,
     format_per_class_table,
     load_predictions,
@@ -39,6 +38,7 @@ from maskspine.evaluation.coco_eval import (
     save_per_class_csv,
     save_predictions,
 )
+from maskspine.files import write_text_atomic
 from maskspine.inference import run_detections
 from maskspine.postprocess import detections_to_instances, to_coco_results
 
@@ -287,7 +287,7 @@ def evaluate_results(
             "annotations_file": str(annotations_file),
             **(extra_metrics or {}),
         }
-        _atomic_write_text(folder / METRICS_JSON, json.dumps(metrics, indent=1) + "\n")
+        write_text_atomic(folder / METRICS_JSON, json.dumps(metrics, indent=1) + "\n")
         report.files["metrics"] = folder / METRICS_JSON
     if analysis_dir is not None:
         from maskspine.evaluation.analysis import analyze
