@@ -65,11 +65,21 @@ def main(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        help="Show TensorFlow's native log lines (also: MASKSPINE_TF_LOGS=1).",
+    ),
 ) -> None:
     """SpineNet Mask R-CNN instance segmentation (Keras 3 / TensorFlow)."""
 
 
-def run() -> None:  # pragma: no cover - console entry point for `python -m maskspine.cli`
+def run() -> None:
+    """The console script: TensorFlow's native log noise filtered (`native_logs`), then the app."""
+    from maskspine.cli import native_logs
+
+    if native_logs.wanted(sys.argv[1:]):
+        native_logs.install()
     sys.exit(app())
 
 

@@ -10,8 +10,11 @@ from maskspine.cli.main import user_errors
 
 @user_errors
 def train_command(
-    config: Path = typer.Argument(
-        ..., help="YAML config (configs/*.yaml).", exists=True, dir_okay=False
+    config: Path | None = typer.Argument(
+        None,
+        help="YAML config (configs/*.yaml). With --resume: optional, the run's saved config "
+        "by default.",
+        show_default=False,
     ),
     train_data: str | None = typer.Option(
         None,
@@ -32,7 +35,12 @@ def train_command(
         "--pretrained",
         help="A checkpoint of ours to start from (weights whose shapes match).",
     ),
-    resume: Path | None = typer.Option(None, "--resume", help="A run directory to continue."),
+    resume: Path | None = typer.Option(
+        None,
+        "--resume",
+        help="A run directory to continue; CONFIG and --set change what may change mid-run "
+        "(schedule, evaluation, saving, logging).",
+    ),
     cpu_replicas: int = typer.Option(
         0,
         "--cpu-replicas",
@@ -43,8 +51,13 @@ def train_command(
     ),
 ) -> None:
     """Train Mask R-CNN; with no data named, on the synthetic shapes set."""
-    from maskspine.config import load_config
+    from maskspine.checkpoints import CONFIG_FILE
+    from maskspine.config import ConfigError, load_config
 
+    if config is None:
+        if resume is None:
+            raise ConfigError("give a CONFIG file (e.g. configs/shapes_demo.yaml), or --resume RUN")
+        config = resume / CONFIG_FILE
     loaded = load_config(config, overrides)
     from maskspine.training.trainer import train
 

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,23 +47,48 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing or does not fit the model; the message says which."""
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint file that cannot be read at all (cut short, overwritten, not HDF5)."""
+
+
 def periodic_checkpoint_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"ckpt-{step:08d}{WEIGHTS_SUFFIX}"
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The periodic checkpoint with the highest step in `run_dir`, or None."""
+def checkpoint_step(path: str | Path) -> int:
+    """The global step in a periodic checkpoint's name (`ckpt-00000100.weights.h5` -> 100)."""
+    match = _STEP_PATTERN.search(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path} is not a periodic checkpoint (ckpt-<step>{WEIGHTS_SUFFIX})")
+    return int(match.group(1))
+
+
+def periodic_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The periodic checkpoints of `run_dir`, by increasing step."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     if not folder.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_PATTERN.search(p.name))]
-    return max(found)[1] if found else None
+        return []
+    return sorted(
+        (path for path in folder.iterdir() if _STEP_PATTERN.fullmatch(path.name)),
+        key=checkpoint_step,
+    )
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The periodic checkpoint with the highest step in `run_dir`, or None."""
+    found = periodic_checkpoints(run_dir)
+    return found[-1] if found else None
 
 
 def read_json(path: Path, default: Any) -> Any:
+    """The JSON in `path`, or `default` when the file is missing or damaged (a warning
+    names a damaged file: the bookkeeping it held is rebuilt from the checkpoints)."""
     try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return default
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
+        logger.warning("%s is damaged (%s); ignoring it", path, error)
         return default
 
 
@@ -186,10 +212,24 @@ def load_weights_checked(
     """Loads `checkpoint` into `model`; on a mismatch, says which weights disagree.
 
     Optimizer variables in the file are ignored unless the model has a built optimizer.
+    Keras' own warnings about the layers it skips (hundreds for another architecture) are
+    not shown: the error names the weights that disagree instead.
+
+    Raises:
+        DamagedCheckpointError: the file cannot be read (cut short, not a weights file).
+        CheckpointError: the weights do not fit the model.
     """
     try:
-        model.load_weights(checkpoint)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.load_weights(checkpoint)
         return
+    except OSError as error:  # h5py: truncated file, not an HDF5 file, unreadable
+        raise DamagedCheckpointError(
+            f"{checkpoint} is damaged or not a Keras weights file "
+            f"({str(error).splitlines()[0][:200]}); use another checkpoint of the run "
+            f"({CHECKPOINT_DIR}/ or {BEST_DIR}/) or train again"
+        ) from None
     except (ValueError, KeyError) as error:
         detail = str(error).splitlines()[0][:300]
     mismatches: list[str] = []

@@ -292,6 +292,7 @@ class Config:
     pre_trained: str = ""
     mixed_precision: bool = False
     seed: int = 0
+    deterministic: bool = False
     log_every: int = 100
     mlflow: bool = False
 
@@ -362,7 +363,16 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"{path} is not a text file (not UTF-8): give a YAML config such as "
+                "configs/shapes_demo.yaml"
+            ) from None
+        except OSError as error:
+            raise ConfigError(f"cannot read the config {path}: {error.strerror or error}") from None
+        try:
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if loaded is None:
@@ -396,6 +406,98 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 def save_config(config: Config, path: str | Path) -> None:
     """Writes the resolved config as YAML that `load_config` reads back unchanged."""
     write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def flatten_config(config: Config) -> dict[str, Any]:
+    """The config as {dotted key: value} (`backbone.arch`, `lr_steps`, ...)."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, Mapping):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(config_to_dict(config), "")
+    return flat
+
+
+def config_differences(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) of every key whose value differs, in key order."""
+    before, after = flatten_config(old), flatten_config(new)
+    return [(key, before[key], after[key]) for key in before if before[key] != after[key]]
+
+
+#: Keys a resumed run may not change: the weights' shapes and meaning (model, classes,
+#: input size), the optimizer's variables (its type, accumulation, loss scaling) and the
+#: position bookkeeping (global batch, steps per epoch, the training data and its order).
+#: A key or section listed here covers every key below it.
+RESUME_FROZEN_KEYS = (
+    "detector",
+    "backbone",
+    "rpn",
+    "bbox_head",
+    "mask_head",
+    "roi",
+    "mask_roi",
+    "coco_classes",
+    "num_classes",
+    "category_ids",
+    "img_width",
+    "img_height",
+    "divider",
+    "img_mean",
+    "img_std",
+    "to_rgb",
+    "keep_ratio",
+    "mask_crop_size",
+    "opt_type",
+    "accumulate_step",
+    "mixed_precision",
+    "batch_size",
+    "steps_per_epoch",
+    "train_dataset",
+    "train_dataset_num",
+    "seed",
+)
+
+#: Keys that name the run rather than configure it: a resumed run keeps its own.
+RUN_IDENTITY_KEYS = ("train_outputs", "brief")
+
+
+def is_frozen_on_resume(key: str) -> bool:
+    """True for a dotted key that `RESUME_FROZEN_KEYS` covers."""
+    return any(key == frozen or key.startswith(f"{frozen}.") for frozen in RESUME_FROZEN_KEYS)
+
+
+#: (top-level key, low, low excluded, high or None, high excluded): numeric ranges checked
+#: by `validate`, so that no value reaches Keras or TensorFlow to fail there.
+_RANGES = (
+    ("lr", 0.0, True, None, False),
+    ("min_lr", 0.0, False, None, False),
+    ("momentum", 0.0, False, 1.0, True),
+    ("weight_decay", 0.0, False, None, False),
+    ("warmup_step", 0, False, None, False),
+    ("warmup_ratio", 0.0, False, 1.0, False),
+    ("grad_clip", 0.0, False, None, False),
+    ("batch_size", 1, False, None, False),
+    ("accumulate_step", 1, False, None, False),
+    ("test_batch_size", 1, False, None, False),
+    ("loss_scale", 0.0, True, None, False),
+    ("epoch_size", 1, False, None, False),
+    ("steps_per_epoch", 0, False, None, False),
+    ("eval_every", 1, False, None, False),
+    ("save_every", 1, False, None, False),
+    ("keep_checkpoint_max", 1, False, None, False),
+    ("keep_best_checkpoints_max", 1, False, None, False),
+    ("log_every", 1, False, None, False),
+    ("num_gts", 1, False, None, False),
+    ("flip_ratio", 0.0, False, 1.0, False),
+    ("expand_ratio", 0.0, False, 1.0, False),
+    ("aug_scale_min", 0.0, True, None, False),
+    ("aug_scale_max", 0.0, True, None, False),
+)
 
 
 def validate(config: Config, *, source: str = "<config>") -> None:
@@ -452,6 +554,18 @@ def validate(config: Config, *, source: str = "<config>") -> None:
         if getattr(config, key) not in allowed:
             raise ConfigError(
                 f"{source}: {key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}"
+            )
+    for key, low, low_open, high, high_open in _RANGES:
+        value = getattr(config, key)
+        too_low = value <= low if low_open else value < low
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
+            left = "(" if low_open else "["
+            right = ")" if high_open else "]"
+            upper = "inf" if high is None else high
+            raise ConfigError(
+                f"{source}: {key} = {value!r} is out of range: it must be in "
+                f"{left}{low}, {upper}{right}"
             )
     for key in ("img_mean", "img_std"):
         if len(getattr(config, key)) != 3:

@@ -8,9 +8,20 @@ import tempfile
 from pathlib import Path
 
 
+def default_file_mode() -> int:
+    """The mode `open()` gives a new file under the current umask (0o644 under 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Writes `text` to a temporary file in the same folder, syncs it and `os.replace`s it
     onto `path`: the old file or the new one is there, never a half-written one.
+
+    The file gets the mode a plain `open(path, "w")` would give (the umask's), not the
+    0600 of `tempfile.mkstemp`: other users, a notebook server or a TF Serving container
+    running as another uid can read it as they could any other file of the run.
 
     Returns:
         The path written.
@@ -19,6 +30,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(handle, default_file_mode())
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
             file.write(text)
             file.flush()

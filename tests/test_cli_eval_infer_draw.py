@@ -209,6 +209,43 @@ def test_mismatched_checkpoint_names_the_file_and_the_weights(workspace, tmp_pat
     assert "Traceback" not in out + err
 
 
+def test_checkpoint_of_another_architecture_is_the_error_without_keras_noise(workspace, tmp_path):
+    import warnings
+
+    run = tmp_path / "run"
+    shutil.copytree(workspace / "run", run)
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(
+        config.replace("filter_size_scale: 0.125", "filter_size_scale: 0.25")
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err = invoke("eval", "--checkpoint", run, "--val-data", workspace / "val")
+    assert code == 2
+    assert err.startswith("error: ") and "does not fit the model" in err
+    assert not [w for w in caught if "Skipping" in str(w.message)]
+    assert len((out + err).splitlines()) < 30
+
+
+def test_damaged_checkpoint_and_non_text_config_are_one_line_each(workspace, tmp_path):
+    weights = tmp_path / "cut.weights.h5"
+    data = (workspace / "run" / "checkpoints" / "ckpt-00000001.weights.h5").read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    shutil.copy(workspace / "run" / "config.yaml", tmp_path / "config.yaml")
+    code, out, err = invoke("eval", "--checkpoint", weights, "--val-data", workspace / "val")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {weights} is damaged or not a Keras weights file")
+    binary = tmp_path / "model.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    code, out, err = invoke(
+        "eval", binary, "--checkpoint", workspace / "run", "--val-data", workspace / "val"
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {binary} is not a text file")
+    code, out, err = invoke("train", binary)
+    assert code == 2 and err.startswith(f"error: {binary} is not a text file")
+
+
 # --------------------------------------------------------------------------- infer
 
 

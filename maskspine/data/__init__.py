@@ -203,6 +203,7 @@ def build_dataset(
     batch_size: int | None = None,
     input_context: tf.distribute.InputContext | None = None,
     data_dir: str | Path | None = None,
+    start_batch: int | None = None,
 ) -> tf.data.Dataset:
     """Batches of the ARCHITECTURE.md dict from a source (see `maskspine.data.pipeline`).
 
@@ -211,9 +212,10 @@ def build_dataset(
             `num_parallel_workers`, `train_dataset_num`, classes.
         source: see the module docstring; None takes `config.train_dataset` (training) or
             `config.val_dataset`, and the shapes set when that is empty too.
-        training: shuffled, augmented batches with ground truth, one pass over the data
-            per iteration (call `.repeat()` for more), last partial batch dropped; else
-            the images in order with `image_id`, every image, no augmentation.
+        training: shuffled, augmented batches with ground truth, last partial batch of
+            a pass dropped: one pass over the data (pass 0), or with `start_batch` the
+            endless stream of passes; else the images in order with `image_id`, every
+            image, no augmentation.
         batch_size: images per batch per replica (default `config.batch_size` for
             training, `config.test_batch_size` for evaluation).
         input_context: from `strategy.distribute_datasets_from_function`: shards the data
@@ -221,6 +223,9 @@ def build_dataset(
             global batch being `batch_size` x replicas.
         data_dir: where generated and prepared data live (default `$MASKSPINE_DATA_DIR` or
             `~/.cache/maskspine`).
+        start_batch: training: the endless stream of passes from batch `start_batch` on
+            (a resumed run's global step); each pass is shuffled and augmented from
+            (`config.seed`, pass), so batch k is the same whether or not a run was resumed.
 
     Raises:
         FileNotFoundError: the source does not exist (the message names the path).
@@ -260,9 +265,12 @@ def build_dataset(
         logger.warning("%s", message)
     else:
         logger.info("%s", message)
+    examples_per_pass = None
     if training:
         usable = sum(count > 0 for count in non_crowd)
         pipelines = input_context.num_input_pipelines if input_context is not None else 1
+        pipeline = input_context.input_pipeline_id if input_context is not None else 0
+        examples_per_pass = len(range(pipeline, usable, pipelines))
         if usable // pipelines < batch_size:
             raise DataError(
                 f"{prepared.name}: {usable} training image(s) with instances "
@@ -277,4 +285,6 @@ def build_dataset(
         batch_size=batch_size,
         input_context=input_context,
         take=take,
+        examples_per_pass=examples_per_pass,
+        start_batch=start_batch,
     )

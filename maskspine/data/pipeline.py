@@ -384,8 +384,17 @@ def make_dataset(
     batch_size: int,
     input_context: tf.distribute.InputContext | None = None,
     take: int = 0,
+    examples_per_pass: int | None = None,
+    start_batch: int | None = None,
 ) -> tf.data.Dataset:
     """Prepared examples -> batches of the batch dict (see the module docstring).
+
+    Training batches are a deterministic function of `config.seed` and their position: pass
+    p over the data is shuffled with a seed made of (seed, p), example i of the pass is
+    augmented with the seed (p, i, seed), and every pass gives `examples_per_pass //
+    batch_size` whole batches (the rest of a pass is left out, so that a batch never mixes
+    two passes). Batch k of a run is therefore the same whether or not the run was stopped
+    and resumed in between.
 
     Args:
         examples: `PreparedData.as_dataset()`, in stored order.
@@ -393,10 +402,14 @@ def make_dataset(
         category_ids: the data set category id of each contiguous label (label k + 1 is
             `category_ids[k]`).
         training: shuffle, augment, leave out images without non-crowd instances, drop the
-            last partial batch; else keep order and every image.
+            last partial batch of each pass; else keep order and every image.
         batch_size: images per batch of this input pipeline (per replica).
         input_context: shards the examples across input pipelines.
         take: use only the first `take` examples (0 = all).
+        examples_per_pass: training: the examples of this pipeline left after `take`, the
+            filter and sharding (needed for `start_batch`).
+        start_batch: training: None gives one pass (pass 0); a number gives the endless
+            stream of passes from that batch on (`start_batch` 0 is the stream's start).
     """
     dataset = examples.take(take) if take > 0 else examples
     if training:
@@ -407,16 +420,45 @@ def make_dataset(
     parallel = config.num_parallel_workers if config.num_parallel_workers > 0 else AUTOTUNE
     if training:
         seed = int(config.seed)
-        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-        randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        dataset = tf.data.Dataset.zip((dataset, randoms))
-        dataset = dataset.map(
-            lambda example, r: transform_example(
+        if start_batch is None:
+            first_pass, end_pass, skip = 0, 1, 0
+            per_pass = None if examples_per_pass is None else examples_per_pass // batch_size
+        else:
+            if not examples_per_pass or examples_per_pass < batch_size:
+                raise ValueError(
+                    "an endless training stream needs examples_per_pass >= batch_size, got "
+                    f"{examples_per_pass} for a batch of {batch_size}"
+                )
+            per_pass = examples_per_pass // batch_size
+            first_pass, skip = divmod(int(start_batch), per_pass)
+            end_pass = None
+        passes = tf.data.Dataset.range(first_pass, end_pass if end_pass is not None else 2**62)
+
+        def one_pass(index):
+            # The graph-level seed of this function (not the process's, which may be 0 and
+            # then makes TensorFlow compare the tensor op seed below with 0 in Python).
+            tf.random.set_seed(_STREAM_GRAPH_SEED)
+            shuffled = dataset.shuffle(
+                SHUFFLE_BUFFER,
+                seed=index * _PASS_SEED_STRIDE + seed,
+                reshuffle_each_iteration=False,
+            )
+            if per_pass is not None:
+                shuffled = shuffled.take(per_pass * batch_size)
+            return shuffled.enumerate().map(
+                lambda position, example: (example, tf.stack([index, position]))
+            )
+
+        stream = passes.flat_map(one_pass).skip(skip * batch_size)
+        dataset = stream.map(
+            lambda example, where: transform_example(
                 example,
                 config,
                 table,
                 training=True,
-                seed=tf.stack([r, tf.constant(seed, tf.int64)]),
+                seed=tf.stack(
+                    [where[0] * _PASS_SEED_STRIDE + where[1], tf.constant(seed, tf.int64)]
+                ),
             ),
             num_parallel_calls=parallel,
             deterministic=True,
@@ -431,3 +473,8 @@ def make_dataset(
     options = tf.data.Options()
     options.deterministic = True
     return dataset.with_options(options).prefetch(AUTOTUNE)
+
+
+#: Keeps the seeds of different passes apart: pass p's seeds start at p * this.
+_PASS_SEED_STRIDE = 2**31
+_STREAM_GRAPH_SEED = 20_200_527

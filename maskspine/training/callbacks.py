@@ -22,6 +22,7 @@ from maskspine.checkpoints import (
     save_weights_atomic,
     write_json_atomic,
 )
+from maskspine.files import write_text_atomic
 from maskspine.training.optimizer import current_learning_rate
 
 logger = logging.getLogger("maskspine.train")
@@ -44,6 +45,12 @@ class TrainingState:
         self.global_step: int = int(data.get("global_step", 0))
         self.checkpoint: str | None = data.get("checkpoint")
         self.checkpoints: list[str] = list(data.get("checkpoints", []))
+
+    def move_to(self, global_step: int, steps_per_epoch: int) -> None:
+        """Sets the position to just after `global_step` (a checkpoint's step): the epoch
+        and the step inside it follow from the run's fixed `steps_per_epoch`."""
+        self.global_step = int(global_step)
+        self.epoch, self.step_in_epoch = divmod(self.global_step, steps_per_epoch)
 
     def save(self) -> None:
         write_json_atomic(
@@ -241,6 +248,50 @@ class EvaluationCheckpoint(keras.callbacks.Callback):
         for entry in dropped:
             (self.folder / entry["file"]).unlink(missing_ok=True)
         logger.info("Best checkpoint %s (segm mAP %.4f)", name, score)
+
+
+class MetricsCSV(keras.callbacks.Callback):
+    """`metrics.csv`: one row per epoch with fixed columns, the epoch numbered from 1 as in
+    the log; `val_bbox_mAP` / `val_seg_mAP` are empty in epochs without an evaluation
+    (Keras' CSVLogger fixes its columns at the first epoch and would drop them).
+
+    A resumed run keeps the rows before the epoch it resumes at and rewrites the rest;
+    the file is replaced atomically at each epoch end.
+    """
+
+    COLUMNS = ("epoch", "loss", *PART_LOSSES, "lr", "val_bbox_mAP", "val_seg_mAP")
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = Path(path)
+        self.rows: dict[int, dict[str, str]] = {}
+        if self.path.is_file():
+            import csv
+
+            with open(self.path, newline="", encoding="utf-8") as file:
+                for row in csv.DictReader(file):
+                    try:
+                        self.rows[int(row["epoch"])] = row
+                    except (KeyError, TypeError, ValueError):
+                        continue  # a damaged or foreign row
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        logs["lr"] = current_learning_rate(self.model.optimizer)
+        number = epoch + 1
+        self.rows = {key: row for key, row in self.rows.items() if key < number}
+        self.rows[number] = {
+            "epoch": str(number),
+            **{key: _format(logs.get(key)) for key in self.COLUMNS[1:]},
+        }
+        lines = [",".join(self.COLUMNS)]
+        for key in sorted(self.rows):
+            lines.append(",".join(str(self.rows[key].get(c, "")) for c in self.COLUMNS))
+        write_text_atomic(self.path, "\n".join(lines) + "\n")
+
+
+def _format(value: Any) -> str:
+    return f"{float(value):.8g}" if _is_number(value) else ""
 
 
 class MLflowLogger(keras.callbacks.Callback):

@@ -112,24 +112,66 @@ def learning_rate_schedule(
     )
 
 
+class CoupledWeightDecay:
+    """Mixin: L2 weight decay coupled to the gradient, `grad += l2_weight_decay * w`, as the
+    reference's MindSpore SGD, Model Garden and the tensorflow/tpu code apply it (the L2
+    term goes through momentum / Adam's moments, unlike Keras' decoupled `weight_decay`,
+    `w -= lr * weight_decay * w`). With momentum 0.9 the coupled form regularises about ten
+    times more for the same coefficient.
+
+    Applied in `update_step`, i.e. per variable after the gradients are summed over
+    replicas, averaged over accumulation steps, unscaled (mixed_float16) and clipped: the
+    reference clips, then decays. Variables matched by `exclude_from_weight_decay` (the
+    names of `NO_DECAY_NAMES`) are left alone.
+    """
+
+    def __init__(self, *args, l2_weight_decay: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.l2_weight_decay = float(l2_weight_decay)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.l2_weight_decay and self._use_weight_decay(variable):
+            decay = keras.ops.cast(self.l2_weight_decay, variable.dtype)
+            gradient = keras.ops.cast(gradient, variable.dtype) + decay * variable
+        return super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "l2_weight_decay": self.l2_weight_decay}
+
+
+@keras.saving.register_keras_serializable(package="maskspine")
+class SGDWithL2(CoupledWeightDecay, keras.optimizers.SGD):
+    """Keras SGD (with momentum) plus coupled L2 weight decay (`CoupledWeightDecay`)."""
+
+
+@keras.saving.register_keras_serializable(package="maskspine")
+class AdamWithL2(CoupledWeightDecay, keras.optimizers.Adam):
+    """Keras Adam plus coupled L2 weight decay (`CoupledWeightDecay`)."""
+
+
 def build_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """The optimizer of `opt_type` with the schedule, decoupled weight decay (not on BN or
+    """The optimizer of `opt_type` with the schedule, weight decay (not on BatchNorm or
     biases), global-norm clipping (`grad_clip` > 0), gradient accumulation
-    (`accumulate_step` > 1) and, under mixed_float16, loss scaling from `loss_scale`."""
+    (`accumulate_step` > 1) and, under mixed_float16, loss scaling from `loss_scale`.
+
+    `weight_decay` is the reference's L2 decay, coupled to the gradient, for `sgd` and
+    `adam` (`SGDWithL2`, `AdamWithL2`); `adamw` decays decoupled, as AdamW is defined.
+    """
     accumulate = max(int(config.accumulate_step), 1)
     schedule = learning_rate_schedule(config, max(steps_per_epoch // accumulate, 1))
     common = dict(
         learning_rate=schedule,
-        weight_decay=config.weight_decay or None,
         global_clipnorm=config.grad_clip if config.grad_clip > 0 else None,
         gradient_accumulation_steps=accumulate if accumulate > 1 else None,
     )
     if config.opt_type == "sgd":
-        optimizer = keras.optimizers.SGD(momentum=config.momentum, **common)
+        optimizer = SGDWithL2(
+            momentum=config.momentum, l2_weight_decay=config.weight_decay, **common
+        )
     elif config.opt_type == "adam":
-        optimizer = keras.optimizers.Adam(**common)
+        optimizer = AdamWithL2(l2_weight_decay=config.weight_decay, **common)
     else:
-        optimizer = keras.optimizers.AdamW(**common)
+        optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **common)
     if config.weight_decay:
         optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
     if keras.config.dtype_policy().name == "mixed_float16":

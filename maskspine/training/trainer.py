@@ -5,21 +5,41 @@
 Run directory `<train_outputs>/<YYMMDD>_MaskRCNN_<brief>_<W>x<H>/`:
 
     config.yaml          resolved config (classes and category ids included)
+    config_changes.jsonl what each resume changed (key: [old, new])
     train.log            the reference's log lines
-    metrics.csv          per-epoch losses and mAPs (Keras CSVLogger)
+    metrics.csv          per-epoch losses and mAPs (epochs numbered from 1)
     tensorboard/         TensorBoard events
     checkpoints/         periodic checkpoints (model + optimizer) and state.json
     best_ckpt/           the best checkpoints by segm mAP and best.json
 
-Running the same command again (same day, brief and size), or `resume=RUN_DIR`,
-continues from the latest checkpoint.
+Rerun and resume rules:
+
+- The same command again (same day, brief and size: the same run directory) with the same
+  config continues from the latest checkpoint. With a config that differs in any key it
+  stops before training and lists the differences with the two ways forward: `--resume`
+  (which applies what may change) or another `--brief` (a new run).
+- `resume=RUN_DIR` continues that run with the config given (CONFIG and `--set`; the
+  saved config for what they leave out). Keys that may change mid-run (schedule length,
+  learning rate and steps, evaluation, checkpoint and logging cadence, test settings,
+  validation data) are applied, printed and recorded in `config_changes.jsonl`; a change
+  of a key of `maskspine.config.RESUME_FROZEN_KEYS` (model, classes, input size,
+  optimizer type, batch, data) is refused, naming the keys.
+- The data order continues where the checkpoint left it: batch k of the run is the same
+  batch whether or not the run was interrupted (`maskspine.data.build_dataset`'s
+  `start_batch`).
+- A damaged latest checkpoint (a full disk, a cut copy) is renamed `*.damaged` and the
+  newest good one is used, with a warning naming both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import logging
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +48,27 @@ import keras
 import tensorflow as tf
 
 from maskspine.checkpoints import (
+    CHECKPOINT_DIR,
     CONFIG_FILE,
+    DamagedCheckpointError,
+    checkpoint_step,
     latest_checkpoint,
     load_weights_checked,
+    periodic_checkpoints,
     transfer_weights,
 )
-from maskspine.config import Config, ConfigError, config_to_dict, load_config, save_config
-from maskspine.data import build_dataset, load_categories, prepare_source, resolve_source
+from maskspine.config import (
+    RUN_IDENTITY_KEYS,
+    Config,
+    ConfigError,
+    config_differences,
+    config_to_dict,
+    is_frozen_on_resume,
+    load_config,
+    save_config,
+)
+from maskspine.data import build_dataset, load_categories, prepare_source
+from maskspine.files import write_text_atomic
 from maskspine.modeling.mask_rcnn import build_mask_rcnn
 from maskspine.training import TrainingError
 from maskspine.training import callbacks as cb
@@ -42,6 +76,9 @@ from maskspine.training.optimizer import build_optimizer, set_precision
 from maskspine.training.strategy import choose_strategy, describe
 
 logger = logging.getLogger("maskspine.train")
+
+#: One JSON line per resume that changed the config: {"time", "changes": {key: [old, new]}}.
+CONFIG_CHANGES_FILE = "config_changes.jsonl"
 
 
 @dataclass
@@ -146,22 +183,22 @@ def train(
 
     if resume is not None:
         run_dir = Path(resume).expanduser()
-        saved = run_dir / CONFIG_FILE
-        if not saved.is_file():
+        saved_file = run_dir / CONFIG_FILE
+        if not saved_file.is_file():
             raise TrainingError(
                 f"cannot resume {run_dir}: no {CONFIG_FILE} there (not a run directory)"
             )
-        config = load_config(saved)
-        train_data = train_data or config.train_dataset or "shapes"
-        val_data = val_data or config.val_dataset or "shapes"
+        saved = load_config(saved_file)
+        train_data = train_data or config.train_dataset or saved.train_dataset or "shapes"
+        val_data = val_data or config.val_dataset or saved.val_dataset or "shapes"
+        _resolve_run(config, train_data, val_data, saved.brief, saved.train_outputs)
+        changes = _resume_changes(saved, config, run_dir)
     else:
         train_data = train_data or config.train_dataset or "shapes"
         val_data = val_data or config.val_dataset or "shapes"
-        config.train_dataset, config.val_dataset = str(train_data), str(val_data)
-        config.brief = brief or config.brief
-        config.train_outputs = str(out or config.train_outputs)
-        resolve_classes(config, load_categories(train_data))
+        _resolve_run(config, train_data, val_data, brief, out)
         run_dir = run_directory(config)
+        changes = []
     worker = _non_chief_worker(strategy)
     if worker is not None:
         # Every worker saves (Keras needs all of them to take part); only the chief's
@@ -169,25 +206,106 @@ def train(
         run_dir = run_dir / "workers" / f"worker-{worker}"
         if resume is not None and not (run_dir / CONFIG_FILE).is_file():
             resume = None
+    if resume is None and latest_checkpoint(run_dir) is not None:
+        _check_rerun(load_config(run_dir / CONFIG_FILE), config, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _setup_logging(run_dir)
     try:
-        latest = latest_checkpoint(run_dir)
-        if resume is None and latest is not None:
-            previous = load_config(run_dir / CONFIG_FILE)
-            if previous.coco_classes != config.coco_classes:
-                raise TrainingError(
-                    f"{run_dir} holds a run with other classes; use another --brief or --out"
-                )
-            config = previous
-        if resume is None:
-            save_config(config, run_dir / CONFIG_FILE)
-        return _train_in(
-            config, run_dir, strategy, str(train_data), str(val_data), pretrained, verbose
-        )
+        if changes:
+            _record_changes(run_dir, changes)
+        save_config(config, run_dir / CONFIG_FILE)
+        with _op_determinism(config.deterministic):
+            return _train_in(
+                config, run_dir, strategy, str(train_data), str(val_data), pretrained, verbose
+            )
     finally:
         logging.getLogger("maskspine").removeHandler(handler)
         handler.close()
+
+
+@contextlib.contextmanager
+def _op_determinism(enabled: bool) -> Iterator[None]:
+    """TensorFlow's op determinism (deterministic kernels, an error for an op without one)
+    for the run only: a notebook's later work is not slowed down by it."""
+    from tensorflow.python.framework import config as tf_config
+
+    if not enabled or tf_config.is_op_determinism_enabled():
+        yield
+        return
+    tf_config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        tf_config.disable_op_determinism()
+
+
+def _resolve_run(
+    config: Config,
+    train_data: str | Path,
+    val_data: str | Path,
+    brief: str | None,
+    out: str | Path | None,
+) -> None:
+    """Fills in what a run's config records beyond the file: data, name, classes."""
+    config.train_dataset, config.val_dataset = str(train_data), str(val_data)
+    config.brief = brief or config.brief
+    config.train_outputs = str(out or config.train_outputs)
+    resolve_classes(config, load_categories(train_data))
+
+
+def _describe(changes: list[tuple[str, Any, Any]]) -> str:
+    return "\n".join(f"  {key}: {old!r} -> {new!r}" for key, old, new in changes)
+
+
+def _resume_changes(saved: Config, config: Config, run_dir: Path) -> list[tuple[str, Any, Any]]:
+    """The changes `config` makes to the saved config of `run_dir` (resume).
+
+    Raises:
+        TrainingError: a change to a key the checkpoints depend on, naming each.
+    """
+    changes = [
+        change for change in config_differences(saved, config) if change[0] not in RUN_IDENTITY_KEYS
+    ]
+    frozen = [change for change in changes if is_frozen_on_resume(change[0])]
+    if frozen:
+        raise TrainingError(
+            f"cannot resume {run_dir} with these changes: its checkpoints were trained with "
+            "the saved values (model, classes, input size, optimizer type, batch and data "
+            "stay fixed for a run):\n"
+            + _describe(frozen)
+            + "\nStart a new run for them (another --brief or --out, optionally "
+            "--pretrained from this run), or resume with the saved values."
+        )
+    return changes
+
+
+def _check_rerun(previous: Config, config: Config, run_dir: Path) -> None:
+    """The same command again continues the run in `run_dir`, only with the same config.
+
+    Raises:
+        TrainingError: the configs differ; lists the keys and the two ways forward.
+    """
+    changes = config_differences(previous, config)
+    if changes:
+        raise TrainingError(
+            f"{run_dir} already holds a run with another config:\n"
+            + _describe(changes)
+            + f"\nTo continue that run with these changes: --resume {run_dir} (keys that "
+            "change the model, classes, size, optimizer type, batch or data cannot change "
+            "mid-run). To start a new run: another --brief (or --out)."
+        )
+
+
+def _record_changes(run_dir: Path, changes: list[tuple[str, Any, Any]]) -> None:
+    """Logs a resume's changes and appends them to `config_changes.jsonl`."""
+    logger.info("Resuming with changed settings:\n%s", _describe(changes))
+    record = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "changes": {key: [old, new] for key, old, new in changes},
+    }
+    path = run_dir / CONFIG_CHANGES_FILE
+    previous = path.read_text(encoding="utf-8") if path.is_file() else ""
+    write_text_atomic(path, previous + json.dumps(record) + "\n")
 
 
 def _non_chief_worker(strategy: tf.distribute.Strategy) -> int | None:
@@ -222,8 +340,9 @@ def _train_in(
         policy,
     )
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        logger.info("Deterministic: TensorFlow op determinism on")
 
-    train_set = build_dataset(config, train_data, training=True, batch_size=global_batch)
     if config.steps_per_epoch > 0:
         steps_per_epoch = config.steps_per_epoch
     else:
@@ -233,10 +352,6 @@ def _train_in(
                 f"{train_data} has fewer training images than one global batch of {global_batch}"
             )
     logger.info("Steps per epoch: %d", steps_per_epoch)
-    # Shard by batches, not files: a prepared data set may be a single shard file.
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    train_set = train_set.repeat().with_options(options)
 
     logger.info("Creating network...")
     with strategy.scope():
@@ -247,9 +362,15 @@ def _train_in(
     logger.info("Device type: %s", "GPU" if tf.config.list_logical_devices("GPU") else "CPU")
 
     state = cb.TrainingState(run_dir)
-    latest = _resume_checkpoint(run_dir, state)
+    latest = _load_resume_checkpoint(model, run_dir)
     if latest is not None:
-        load_weights_checked(model, latest)
+        state.move_to(checkpoint_step(latest), steps_per_epoch)
+        state.checkpoint = latest.name
+        state.checkpoints = [
+            path.name
+            for path in periodic_checkpoints(run_dir)
+            if checkpoint_step(path) <= state.global_step
+        ]
         logger.info(
             "Resuming from %s: epoch %d, step %d of the epoch, global step %d",
             latest.name,
@@ -296,7 +417,7 @@ def _train_in(
             params = cb.flatten_params(config_to_dict(config))
             items.append(cb.MLflowLogger(mlflow, run_dir, params))
         items += [
-            keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=True),
+            cb.MetricsCSV(run_dir / "metrics.csv"),
             keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
         ]
         return items
@@ -320,6 +441,8 @@ def _train_in(
         segments.append((state.epoch, epochs, steps_per_epoch, 0))
     for initial_epoch, end_epoch, steps, first_step in segments:
         items = callbacks(first_step)
+        # Each segment reads the data from the batch the run has reached.
+        train_set = _training_stream(config, train_data, global_batch, state.global_step)
         fit = model.fit(
             train_set,
             initial_epoch=initial_epoch,
@@ -344,14 +467,48 @@ def _train_in(
     return TrainResult(run_dir, state.epoch, state.global_step, last_eval, history)
 
 
-def _resume_checkpoint(run_dir: Path, state: cb.TrainingState) -> Path | None:
-    """The checkpoint `state.json` names (it is written after the file is in place, so the
-    two agree even when a run was killed between them), else the newest one."""
-    if state.checkpoint:
-        named = run_dir / "checkpoints" / state.checkpoint
-        if named.is_file():
-            return named
-    return latest_checkpoint(run_dir)
+def _load_resume_checkpoint(model: keras.Model, run_dir: Path) -> Path | None:
+    """Loads the newest periodic checkpoint of `run_dir` that can be read into `model` and
+    returns it (None when there is none). A damaged one (a full disk, a cut copy) is
+    renamed `<name>.damaged` and the next older one tried, with a warning naming both."""
+    damaged: Path | None = None
+    for path in reversed(periodic_checkpoints(run_dir)):
+        try:
+            load_weights_checked(model, path)
+        except DamagedCheckpointError as error:
+            logger.warning("%s", error)
+            path.rename(path.with_name(f"{path.name}.damaged"))
+            damaged = damaged or path
+            continue
+        if damaged is not None:
+            logger.warning(
+                "The latest checkpoint %s is damaged (kept as %s.damaged); resuming from the "
+                "newest good one, %s",
+                damaged.name,
+                damaged.name,
+                path.name,
+            )
+        return path
+    if damaged is not None:
+        logger.warning(
+            "No readable checkpoint in %s (the damaged ones are kept as *.damaged): "
+            "training starts again from step 0",
+            run_dir / CHECKPOINT_DIR,
+        )
+    return None
+
+
+def _training_stream(
+    config: Config, train_data: str, global_batch: int, start_batch: int
+) -> tf.data.Dataset:
+    """The endless training batches from global batch `start_batch` on, sharded by batch
+    over the workers (a prepared data set may be a single shard file)."""
+    dataset = build_dataset(
+        config, train_data, training=True, batch_size=global_batch, start_batch=start_batch
+    )
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 def _training_images(config: Config, train_data: str) -> int:
@@ -364,16 +521,15 @@ def _training_images(config: Config, train_data: str) -> int:
 
 
 def _coco_evaluator(config: Config, val_data: str):
-    """A function model -> COCO stats on the validation split (bbox and segm)."""
+    """A function model -> COCO stats on the validation split (bbox and segm), on the
+    data, ground truth and category mapping `maskspine eval` uses."""
     from maskspine.evaluation import evaluate_coco
-    from maskspine.evaluation.runner import predict_coco_results
+    from maskspine.evaluation.runner import evaluation_data, predict_coco_results
 
-    source = resolve_source(val_data, training=False, seed=config.seed)
-    labels = getattr(source, "annotations_file", None)
-    dataset = build_dataset(config, val_data, training=False)
+    data = evaluation_data(config, val_data)
 
     def evaluate(model) -> dict[str, Any]:
-        results = predict_coco_results(model, dataset, config.category_ids, progress=False)
-        return evaluate_coco(labels, results, print_summary=True)
+        results = predict_coco_results(model, data.dataset, data.category_ids, progress=False)
+        return evaluate_coco(data.annotations_file, results, print_summary=True)
 
     return evaluate

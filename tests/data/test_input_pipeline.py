@@ -311,11 +311,11 @@ def test_same_seed_same_batches_and_each_pass_new_augmentations(colour_folder, t
     config = make_config(
         batch_size=2, flip_ratio=0.5, aug_scale_min=0.5, aug_scale_max=2.0, expand_ratio=0.3
     )
-    first = build_dataset(config, colour_folder, training=True, data_dir=tmp_path)
-    second = build_dataset(config, colour_folder, training=True, data_dir=tmp_path)
-    pass_one, pass_two = batches(first), batches(first)
-    again = batches(second)
-    for a, b in zip(pass_one, again, strict=True):
+    # four images, batches of two: two batches per pass
+    stream = build_dataset(config, colour_folder, training=True, data_dir=tmp_path, start_batch=0)
+    pass_one, pass_two = batches(stream.take(2)), batches(stream.skip(2).take(2))
+    again = batches(build_dataset(config, colour_folder, training=True, data_dir=tmp_path))
+    for a, b in zip(pass_one, again, strict=True):  # one pass = the stream's first pass
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
     assert any(
@@ -326,6 +326,29 @@ def test_same_seed_same_batches_and_each_pass_new_augmentations(colour_folder, t
         dataclasses.replace(config, seed=1), colour_folder, training=True, data_dir=tmp_path
     )
     assert not np.array_equal(batches(other_seed)[0]["images"], pass_one[0]["images"])
+
+
+def test_a_stream_started_at_batch_k_continues_the_uninterrupted_one(colour_folder, tmp_path):
+    # A resumed run (start_batch = its global step) reads exactly the batches the
+    # uninterrupted run reads from there on, across pass boundaries (2 batches per pass).
+    config = make_config(
+        batch_size=2, flip_ratio=0.5, aug_scale_min=0.5, aug_scale_max=2.0, expand_ratio=0.3
+    )
+
+    def stream(start):
+        return build_dataset(
+            config, colour_folder, training=True, data_dir=tmp_path, start_batch=start
+        )
+
+    whole = batches(stream(0).take(7))
+    for start in (1, 2, 3):
+        resumed = batches(stream(start).take(7 - start))
+        for a, b in zip(whole[start:], resumed, strict=True):
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key])
+    # and the passes differ from each other: no epoch replays an earlier one
+    images = [batch["images"] for batch in whole]
+    assert not np.array_equal(images[0], images[2]) and not np.array_equal(images[2], images[4])
 
 
 def test_input_context_shards_images_and_batches_per_replica(messy_folder, tmp_path):

@@ -6,6 +6,7 @@ import math
 import os
 
 import keras
+import numpy as np
 import pytest
 from model_fixtures import REPO
 
@@ -83,9 +84,103 @@ def test_optimizer_type_clipping_accumulation(opt_type, cls):
     assert isinstance(optimizer, cls)
     assert optimizer.global_clipnorm == 5.0
     assert optimizer.gradient_accumulation_steps == 4
-    assert optimizer.weight_decay == pytest.approx(0.0001)
+    if opt_type == "adamw":  # decoupled, as AdamW is defined
+        assert optimizer.weight_decay == pytest.approx(0.0001)
+    else:  # the reference's L2, coupled to the gradient; Keras' decoupled decay off
+        assert optimizer.l2_weight_decay == pytest.approx(0.0001)
+        assert optimizer.weight_decay is None
     if opt_type == "sgd":
         assert optimizer.momentum == pytest.approx(0.9)
+
+
+def _two_steps(config, weights, gradients):
+    """Runs two optimizer steps of `build_optimizer(config)` on Dense layer weights
+    (kernel decays, bias does not) with the given per-step gradients; returns the weights."""
+    layer = keras.layers.Dense(2, name="d")
+    layer.build((None, 2))
+    layer.kernel.assign(weights["kernel"])
+    layer.bias.assign(weights["bias"])
+    optimizer = build_optimizer(config, steps_per_epoch=100)
+    variables = [layer.kernel, layer.bias]
+    for step in gradients:
+        optimizer.apply_gradients([(np.asarray(step[v.name], np.float32), v) for v in variables])
+    return {v.name: v.numpy() for v in variables}
+
+
+def test_sgd_weight_decay_is_coupled_l2_through_momentum():
+    # constant lr (no warm-up, no decay in sight): the textbook momentum SGD with L2,
+    # v = mu * v + (g + wd * w); w -= lr * v, computed by hand below.
+    lr, mu, wd = 0.1, 0.9, 0.01
+    config = load_config(
+        CONFIG,
+        [f"lr={lr}", f"momentum={mu}", f"weight_decay={wd}", "warmup_step=0", "lr_steps=[100]"],
+    )
+    w0 = {"kernel": np.array([[1.0, -2.0], [0.5, 4.0]]), "bias": np.array([3.0, -1.0])}
+    g = [
+        {"kernel": np.array([[0.2, 0.0], [-0.4, 0.1]]), "bias": np.array([0.5, 0.5])},
+        {"kernel": np.array([[-0.1, 0.3], [0.0, 0.2]]), "bias": np.array([-0.5, 1.0])},
+    ]
+    got = _two_steps(config, w0, g)
+
+    # kernel: coupled decay
+    v1 = g[0]["kernel"] + wd * w0["kernel"]
+    w1 = w0["kernel"] - lr * v1
+    v2 = mu * v1 + g[1]["kernel"] + wd * w1
+    w2 = w1 - lr * v2
+    np.testing.assert_allclose(got["kernel"], w2, rtol=1e-6, atol=1e-7)
+    # by hand for one entry: w0 = 1, g = 0.2, -0.1
+    # v1 = 0.2 + 0.01 = 0.21, w1 = 0.979; v2 = 0.189 - 0.1 + 0.00979 = 0.09879, w2 = 0.969121
+    assert got["kernel"][0, 0] == pytest.approx(0.969121, abs=1e-6)
+    # bias: excluded from decay
+    b1 = w0["bias"] - lr * g[0]["bias"]
+    b2 = b1 - lr * (mu * g[0]["bias"] + g[1]["bias"])
+    np.testing.assert_allclose(got["bias"], b2, rtol=1e-6, atol=1e-7)
+
+
+def test_adam_weight_decay_enters_the_moments_and_adamw_stays_decoupled():
+    lr, wd = 0.01, 0.1
+    w0 = {"kernel": np.array([[1.0, -2.0], [0.5, 4.0]]), "bias": np.array([3.0, -1.0])}
+    g = [
+        {"kernel": np.array([[0.2, 0.0], [-0.4, 0.1]]), "bias": np.array([0.5, 0.5])},
+        {"kernel": np.array([[-0.1, 0.3], [0.0, 0.2]]), "bias": np.array([-0.5, 1.0])},
+    ]
+    common = [f"lr={lr}", f"weight_decay={wd}", "warmup_step=0", "lr_steps=[100]"]
+
+    def adam(w, grads, coupled):
+        m = np.zeros_like(w)
+        v = np.zeros_like(w)
+        for t, grad in enumerate(grads, start=1):
+            if coupled:
+                grad = grad + wd * w
+            else:  # decoupled: w -= lr * wd * w before the Adam step
+                w = w - lr * wd * w
+            m = 0.9 * m + 0.1 * grad
+            v = 0.999 * v + 0.001 * grad * grad
+            alpha = lr * np.sqrt(1 - 0.999**t) / (1 - 0.9**t)
+            w = w - alpha * m / (np.sqrt(v) + 1e-7)
+        return w
+
+    kernels = [step["kernel"] for step in g]
+    got = _two_steps(load_config(CONFIG, ["opt_type=adam", *common]), w0, g)
+    np.testing.assert_allclose(got["kernel"], adam(w0["kernel"], kernels, True), rtol=1e-5)
+    got = _two_steps(load_config(CONFIG, ["opt_type=adamw", *common]), w0, g)
+    np.testing.assert_allclose(got["kernel"], adam(w0["kernel"], kernels, False), rtol=1e-5)
+
+
+@pytest.mark.parametrize("opt_type", ["sgd", "adam", "adamw"])
+def test_zero_weight_decay_works_for_every_optimizer(opt_type):
+    config = load_config(CONFIG, [f"opt_type={opt_type}", "weight_decay=0", "warmup_step=0"])
+    w0 = {"kernel": np.ones((2, 2)), "bias": np.zeros(2)}
+    g = [{"kernel": np.full((2, 2), 0.5), "bias": np.ones(2)}]
+    got = _two_steps(config, w0, g)
+    assert np.all(got["kernel"] < 1.0) and np.all(got["bias"] < 0.0)
+
+
+def test_negative_weight_decay_is_a_config_error():
+    from maskspine.config import ConfigError
+
+    with pytest.raises(ConfigError, match="weight_decay"):
+        load_config(CONFIG, ["weight_decay=-0.1"])
 
 
 def test_weight_decay_skips_batch_norm_and_biases():

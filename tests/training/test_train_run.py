@@ -68,10 +68,31 @@ def fake_mlflow():
 
 
 @pytest.fixture(scope="module")
-def finished_run(small_shapes, tmp_path_factory, fake_mlflow):
+def prepared_validation(small_shapes, tmp_path_factory):
+    """The small validation split as a prepared data set (a directory of TFDS shards)."""
+    from maskspine.data import prepare_source
+
+    data_dir = tmp_path_factory.mktemp("prepared")
+    return str(prepare_source(small_shapes[1], training=False, data_dir=data_dir).directory)
+
+
+@pytest.fixture(scope="module")
+def finished_run(small_shapes, prepared_validation, tmp_path_factory, fake_mlflow):
+    # Validation on a prepared data set: its ground truth is the labels.json it remembers.
     out = tmp_path_factory.mktemp("runs")
-    result = run_training([*RUN_OVERRIDES, "mlflow=true"], out, small_shapes, brief="t")
+    data = (small_shapes[0], prepared_validation)
+    result = run_training([*RUN_OVERRIDES, "mlflow=true"], out, data, brief="t")
     return result
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    """A copy of the finished run that a test may change."""
+    import shutil
+
+    copy = tmp_path / "runs" / finished_run.run_dir.name
+    shutil.copytree(finished_run.run_dir, copy)
+    return copy
 
 
 def test_run_directory_layout_and_resolved_config(finished_run):
@@ -91,7 +112,28 @@ def test_run_directory_layout_and_resolved_config(finished_run):
     assert list((run / "tensorboard").rglob("events.out.tfevents*"))
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 and {"loss", "mask_loss", "rpn_cls_loss"} <= set(rows[0])
+    assert len(rows) == 2 and {"loss", "mask_loss", "rpn_cls_loss", "lr"} <= set(rows[0])
+    # epochs numbered as in the log; the mAP columns in every row, empty without evaluation
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert rows[0]["val_seg_mAP"] == "" and rows[0]["val_bbox_mAP"] == ""
+    assert float(rows[1]["val_seg_mAP"]) == pytest.approx(finished_run.last_evaluation["seg_mAP"])
+    assert "val_loss" not in rows[0]
+
+
+def test_written_files_get_the_umask_mode_not_0600(finished_run):
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    expected = 0o666 & ~umask
+    run = finished_run.run_dir
+    for path in (
+        run / "config.yaml",
+        run / "metrics.csv",
+        run / "checkpoints" / "state.json",
+        run / "best_ckpt" / "best.json",
+    ):
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
 
 
 def test_log_has_the_reference_lines(finished_run):
@@ -109,10 +151,10 @@ def test_log_has_the_reference_lines(finished_run):
     )
 
 
-def test_resume_continues_at_the_next_step_without_repeating_epochs(finished_run, small_shapes):
+def test_resume_continues_at_the_next_step_without_repeating_epochs(run_copy):
     from maskspine.training.trainer import train
 
-    run = finished_run.run_dir
+    run = run_copy
     saved = load_config(run / "config.yaml")
     saved.epoch_size = 3  # one more epoch
     from maskspine.config import save_config
@@ -127,7 +169,7 @@ def test_resume_continues_at_the_next_step_without_repeating_epochs(finished_run
     epochs_logged = re.findall(r"epoch: (\d+), step: \d+, loss", log)
     assert epochs_logged.count("1") == 2 and epochs_logged.count("3") == 2
     with open(run / "metrics.csv") as f:
-        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2"]
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2", "3"]
     # and a finished run resumed again does nothing
     again = train(saved, resume=run, verbose=0)
     assert again.global_step == 9
@@ -201,3 +243,91 @@ def test_mlflow_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # import fails as when not installed
     with pytest.raises(TrainingError, match="pip install mlflow"):
         import_mlflow()
+
+
+def test_resume_with_set_extends_the_run_and_records_the_change(run_copy, monkeypatch):
+    from maskspine.cli.main import app
+    from typer.testing import CliRunner
+
+    from maskspine.training import trainer
+
+    starts = []  # the batch each fit's data starts at
+    original = trainer.build_dataset
+
+    def recording(*args, **kwargs):
+        starts.append(kwargs.get("start_batch"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "build_dataset", recording)
+    result = CliRunner().invoke(
+        app, ["train", "--resume", str(run_copy), "--set", "epoch_size=3", "--set", "log_every=1"]
+    )
+    assert result.exit_code == 0, result.output
+    state = json.loads((run_copy / "checkpoints" / "state.json").read_text())
+    assert state["global_step"] == 9 and state["epoch"] == 3
+    saved = load_config(run_copy / "config.yaml")
+    assert saved.epoch_size == 3 and saved.log_every == 1
+    (record,) = [json.loads(line) for line in (run_copy / "config_changes.jsonl").open()]
+    assert record["changes"] == {"epoch_size": [2, 3], "log_every": [2, 1]}
+    log = (run_copy / "train.log").read_text()
+    assert "Resuming with changed settings" in log and "epoch_size: 2 -> 3" in log
+    assert re.findall(r"epoch: 3, step: (\d+), loss", log) == ["1", "2", "3"]
+    assert starts == [6]  # the data continues at the step the run reached
+
+
+def test_resume_refuses_changes_the_checkpoints_depend_on(run_copy):
+    from maskspine.cli.main import app
+    from typer.testing import CliRunner
+
+    before = sorted(p.name for p in run_copy.rglob("*"))
+    result = CliRunner().invoke(
+        app,
+        ["train", "--resume", str(run_copy), "--set", "img_width=256", "--set",
+         "backbone.filter_size_scale=0.25", "--set", "epoch_size=3"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "cannot resume" in result.output
+    assert "img_width: 128 -> 256" in result.output
+    assert "backbone.filter_size_scale: 0.125 -> 0.25" in result.output
+    assert "epoch_size" not in result.output  # allowed: not among the refused keys
+    assert sorted(p.name for p in run_copy.rglob("*")) == before  # nothing written
+
+
+def test_rerun_with_another_config_is_refused_with_the_ways_forward(run_copy, small_shapes):
+    from maskspine.training import TrainingError
+
+    out = run_copy.parent
+    with pytest.raises(TrainingError) as raised:
+        run_training([*RUN_OVERRIDES, "lr=0.02"], out, small_shapes, brief="t")
+    message = str(raised.value)
+    assert "lr: 0.01 -> 0.02" in message
+    assert f"--resume {run_copy}" in message and "--brief" in message
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_newest_good_one(run_copy):
+    from maskspine.training.trainer import train
+
+    latest = run_copy / "checkpoints" / "ckpt-00000006.weights.h5"
+    data = latest.read_bytes()
+    latest.write_bytes(data[: len(data) // 3])  # a copy cut short
+    config = load_config(run_copy / "config.yaml", ["epoch_size=3"])
+    result = train(config, resume=run_copy, verbose=0)
+    log = (run_copy / "train.log").read_text()
+    assert "ckpt-00000006.weights.h5 is damaged" in log
+    assert "resuming from the newest good one, ckpt-00000004.weights.h5" in log
+    assert (run_copy / "checkpoints" / "ckpt-00000006.weights.h5.damaged").is_file()
+    # from step 4 (epoch 2, step 1): the rest of epoch 2, then epoch 3
+    assert result.global_step == 9 and result.epochs_done == 3
+    assert "Resuming from ckpt-00000004.weights.h5: epoch 2, step 1 of the epoch" in log
+
+
+def test_deterministic_runs_give_identical_losses(small_shapes, tmp_path):
+    from tensorflow.python.framework import config as tf_config
+
+    overrides = [*RUN_OVERRIDES, "deterministic=true", "epoch_size=1", "run_eval=0"]
+    first = run_training(overrides, tmp_path / "a", small_shapes, brief="d")
+    second = run_training(overrides, tmp_path / "b", small_shapes, brief="d")
+    assert first.history["loss"] == second.history["loss"]
+    for name in ("rpn_cls_loss", "rcnn_cls_loss", "mask_loss"):
+        assert first.history[name] == second.history[name]
+    assert not tf_config.is_op_determinism_enabled()  # the run's setting, not the process's
