@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from maskspine import postprocess
+from maskspine import formats, postprocess
 
 
 def synthetic_outputs(rng, count: int, height: int, width: int, *, full_image: bool = False):
@@ -79,8 +79,8 @@ def main() -> None:
         instances = postprocess.detections_to_instances(outputs, info)
 
         def write_json(instances=instances, height=height, width=width):
-            postprocess.to_coco_results(instances, 1, category_ids)
-            postprocess.to_reference_json(instances, (height, width), names, category_ids)
+            formats.to_coco_results(instances, 1, category_ids)
+            formats.to_reference_json(instances, (height, width), names, category_ids)
 
         figures = [
             timed(

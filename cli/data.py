@@ -11,15 +11,14 @@ or, with `--images DIR --annotations FILE`, plain COCO.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 
-# Defined before importing cli.main, which imports this module's `app` at its end: either
-# module can then be imported first.
+from maskspine.cli.common import DATA_DIR_HELP, user_errors
+from maskspine.data import SHAPES, CocoSource
+
 app = typer.Typer(
     name="data",
     help="Prepare, inspect and look at data sets (COCO-format folders or the shapes set).",
@@ -28,32 +27,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from maskspine.cli.main import user_errors  # noqa: E402
-
-from maskspine.data import SHAPES, CocoSource, DataError  # noqa: E402
-
-F = TypeVar("F", bound=Callable)
-
 SOURCE_HELP = "'shapes', or a COCO-format folder holding data/ and labels.json."
 IMAGES_HELP = "Plain COCO: the images folder (with --annotations)."
 ANNOTATIONS_HELP = "Plain COCO: the annotations JSON (with --images)."
-DATA_DIR_HELP = (
-    "Where generated and prepared data go (default $MASKSPINE_DATA_DIR or ~/.cache/maskspine)."
-)
-
-
-def data_errors(function: F) -> F:
-    """Data errors (bad labels.json, unknown category ids, ...) as one line on stderr, exit 2."""
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except DataError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _sources(
@@ -84,7 +60,6 @@ def _sources(
 
 @app.command()
 @user_errors
-@data_errors
 def prepare(
     source: Annotated[str | None, typer.Argument(help=SOURCE_HELP, show_default=False)] = None,
     images: Annotated[Path | None, typer.Option("--images", help=IMAGES_HELP)] = None,
@@ -114,7 +89,6 @@ def prepare(
 
 @app.command()
 @user_errors
-@data_errors
 def inspect(
     source: Annotated[str | None, typer.Argument(help=SOURCE_HELP, show_default=False)] = None,
     images: Annotated[Path | None, typer.Option("--images", help=IMAGES_HELP)] = None,
@@ -151,7 +125,6 @@ def inspect(
 
 @app.command()
 @user_errors
-@data_errors
 def show(
     output: Annotated[Path, typer.Option("--output", help="Folder for the PNG drawings.")],
     source: Annotated[str | None, typer.Argument(help=SOURCE_HELP, show_default=False)] = None,
@@ -188,12 +161,10 @@ def show(
 
 
 def _show_files(split: CocoSource, output: Path, count: int) -> list[Path]:
-    import io
-
     import numpy as np
-    from PIL import Image
 
     from maskspine.data.coco import CocoLabels, ReadSummary, iter_examples
+    from maskspine.data.images import decode_image_bytes
     from maskspine.visualize import draw_instances
 
     labels = CocoLabels(split.annotations_file)
@@ -202,7 +173,7 @@ def _show_files(split: CocoSource, output: Path, count: int) -> list[Path]:
     written = []
     summary = ReadSummary()
     for example in iter_examples(split, summary, labels=labels):
-        pixels = np.asarray(Image.open(io.BytesIO(example.encoded)).convert("RGB"))
+        pixels = decode_image_bytes(example.encoded, split.images_dir / example.file_name)
         instances = example.instances
         ax = draw_instances(
             pixels,

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from maskspine.cli.infer import model_errors, report_failures
+
+from maskspine.cli.common import report_failures, user_errors
 
 
-@model_errors
+@user_errors
 def draw_command(
     predictions: Annotated[
         Path, typer.Option("--predictions", help="The JSON written by `maskspine infer`.")
@@ -37,7 +38,8 @@ def draw_command(
     ] = None,
 ) -> None:
     """Draw predictions (masks, boxes, class names, scores) on their images as PNG files."""
-    from maskspine.inference import draw_predictions, load_inference_json
+    from maskspine.formats import load_inference_json
+    from maskspine.visualize import draw_predictions
 
     if images is not None and not images.is_dir():
         raise FileNotFoundError(f"images folder not found: {images}")

@@ -17,14 +17,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from maskspine.cli.infer import CHECKPOINT_HELP, CONFIG_HELP, SET_HELP, model_errors
 
-DATA_DIR_HELP = (
-    "Where generated and prepared data go (default $MASKSPINE_DATA_DIR or ~/.cache/maskspine)."
-)
+from maskspine.cli.common import CHECKPOINT_HELP, CONFIG_HELP, DATA_DIR_HELP, SET_HELP, user_errors
 
 
-@model_errors
+@user_errors
 def eval_command(
     config: Annotated[Path | None, typer.Argument(help=CONFIG_HELP, show_default=False)] = None,
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help=CHECKPOINT_HELP)] = ...,

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from maskspine.cli.main import user_errors
+
+from maskspine.cli.common import SET_HELP, user_errors
 
 
 class InputType(str, Enum):
@@ -81,38 +82,27 @@ def export_command(
     ] = False,
     overrides: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Config override KEY=VALUE (repeatable)."),
+        typer.Option("--set", help=SET_HELP),
     ] = None,
 ) -> None:
     """Export a checkpoint as a SavedModel for TF Serving (pre- and post-processing inside)."""
-    from maskspine.checkpoints import CheckpointError, load_model
-    from maskspine.export import ExportError, export_saved_model, next_version
+    from maskspine.checkpoints import load_model
+    from maskspine.export import export_saved_model, free_version
 
-    target_version = version if version is not None else next_version(output)
-    if (output / str(target_version)).exists():
-        # Checked before loading the model: fails in a second instead of after the build.
-        typer.echo(
-            f"error: {output / str(target_version)} exists already: choose another --version, "
-            f"or leave it out to write version {next_version(output)}",
-            err=True,
-        )
-        raise typer.Exit(2)
-    try:
-        model, loaded_config, weights = load_model(checkpoint, config, overrides or ())
-        typer.echo(f"loaded {weights}")
-        result = export_saved_model(
-            model,
-            loaded_config,
-            output,
-            version=target_version,
-            input_types=input_type.value,
-            batch_size=batch_size,
-            score_threshold=score_threshold,
-            full_masks=full_masks,
-        )
-    except (CheckpointError, ExportError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+    # Checked before loading the model: fails in a second instead of after the build.
+    target_version = free_version(output, version)
+    model, loaded_config, weights = load_model(checkpoint, config, overrides or ())
+    typer.echo(f"loaded {weights}")
+    result = export_saved_model(
+        model,
+        loaded_config,
+        output,
+        version=target_version,
+        input_types=input_type.value,
+        batch_size=batch_size,
+        score_threshold=score_threshold,
+        full_masks=full_masks,
+    )
     typer.echo(
         f"exported {result.path} in {result.seconds:.1f} s ({result.size_bytes / 1e6:.1f} MB)"
     )

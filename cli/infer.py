@@ -10,65 +10,21 @@ code is then 1.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 
-from maskspine.config import ConfigError
-
-F = TypeVar("F", bound=Callable)
-
-CONFIG_HELP = (
-    "A config overriding the model and test settings saved with the checkpoint "
-    "(optional: the run directory's config.yaml is used)."
+from maskspine.cli.common import (
+    CHECKPOINT_HELP,
+    CONFIG_HELP,
+    SET_HELP,
+    report_failures,
+    user_errors,
 )
-CHECKPOINT_HELP = "A .weights.h5 file, or a run directory (its best checkpoint, else its latest)."
-SET_HELP = "Config override KEY=VALUE (repeatable), e.g. --set test_cfg.rcnn.score_thr=0.3."
 
 
-def model_errors(function: F) -> F:
-    """The errors a user can act on (config, data, checkpoint, input files) as `error: ...`
-    on stderr and exit code 2, never a traceback.
-
-    (The same contract as `maskspine.cli.main.user_errors`, with the model commands' own
-    error types; kept here so that this module does not import `cli.main`, which imports it.)
-    """
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        from maskspine.checkpoints import CheckpointError
-        from maskspine.data.coco import DataError
-        from maskspine.evaluation.runner import EvaluationError
-        from maskspine.inference import InferenceError
-
-        try:
-            return function(*args, **kwargs)
-        except (
-            ConfigError,
-            FileNotFoundError,
-            CheckpointError,
-            DataError,
-            InferenceError,
-            EvaluationError,
-        ) as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def report_failures(failures: list[tuple[str, str]], what: str) -> None:
-    """Names every failed image on stderr, then a count."""
-    for path, reason in failures:
-        typer.echo(f"skipped {path}: {reason}", err=True)
-    if failures:
-        typer.echo(f"{len(failures)} image(s) could not be {what}", err=True)
-
-
-@model_errors
+@user_errors
 def infer_command(
     config: Annotated[Path | None, typer.Argument(help=CONFIG_HELP, show_default=False)] = None,
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help=CHECKPOINT_HELP)] = ...,
@@ -94,7 +50,9 @@ def infer_command(
 ) -> None:
     """Predict instances in images: JSON keyed by image path, as the reference writes it."""
     from maskspine.checkpoints import load_model
-    from maskspine.inference import find_images, predict_images, save_inference_json
+    from maskspine.data.images import find_images
+    from maskspine.formats import save_inference_json
+    from maskspine.predict import predict_images
 
     images = find_images(input)
     model, model_config, weights = load_model(checkpoint, config, overrides or [])

@@ -2,23 +2,22 @@
 
 The CLI is thin: each command parses its flags, loads the config and calls one
 library function. Errors a user can fix (bad config, missing files) are printed
-as one clear line and exit with code 2, never as a traceback.
+as one clear line and exit with code 2, never as a traceback (`maskspine.cli.common`).
 """
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable
-from typing import TypeVar
 
 import typer
 
 import maskspine
-from maskspine.checkpoints import CheckpointError
-from maskspine.config import ConfigError
-from maskspine.data.coco import DataError
-from maskspine.training import TrainingError
+from maskspine.cli.data import app as data_app
+from maskspine.cli.draw import draw_command
+from maskspine.cli.evaluate import eval_command
+from maskspine.cli.export import export_command
+from maskspine.cli.infer import infer_command
+from maskspine.cli.train import train_command
 
 app = typer.Typer(
     name="maskspine",
@@ -27,31 +26,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-F = TypeVar("F", bound=Callable)
-
-#: Exceptions that mean "the user's input is wrong", printed without a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,
-    FileNotFoundError,
-    DataError,
-    CheckpointError,
-    TrainingError,
-)
-
-
-def user_errors(function: F) -> F:
-    """Turns the user-facing errors raised by a command into one line on stderr, exit 2."""
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except USER_ERRORS as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _version(value: bool) -> None:
@@ -83,22 +57,9 @@ def run() -> None:
     sys.exit(app())
 
 
-from maskspine.cli.data import app as data_app  # noqa: E402
-
 app.add_typer(data_app, name="data")
-
-from maskspine.cli.train import train_command  # noqa: E402
-
 app.command("train")(train_command)
-
-from maskspine.cli.export import export_command  # noqa: E402
-
-app.command("export")(export_command)
-
-from maskspine.cli.draw import draw_command  # noqa: E402
-from maskspine.cli.evaluate import eval_command  # noqa: E402
-from maskspine.cli.infer import infer_command  # noqa: E402
-
 app.command("eval")(eval_command)
 app.command("infer")(infer_command)
 app.command("draw")(draw_command)
+app.command("export")(export_command)

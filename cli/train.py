@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from maskspine.cli.main import user_errors
+
+from maskspine.cli.common import user_errors
 
 
 @user_errors

@@ -14,7 +14,6 @@ the optimizer's variables too, so one file resumes training exactly.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -22,10 +21,11 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from maskspine.config import Config, ConfigError, load_config
-from maskspine.files import write_text_atomic
+from maskspine.errors import CheckpointError, DamagedCheckpointError
+from maskspine.files import read_json
 
 if TYPE_CHECKING:
     import keras
@@ -41,14 +41,6 @@ BEST_INDEX = "best.json"
 STATE_FILE = "state.json"
 WEIGHTS_SUFFIX = ".weights.h5"
 _STEP_PATTERN = re.compile(r"ckpt-(\d+)\.weights\.h5$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing or does not fit the model; the message says which."""
-
-
-class DamagedCheckpointError(CheckpointError):
-    """A checkpoint file that cannot be read at all (cut short, overwritten, not HDF5)."""
 
 
 def periodic_checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -78,23 +70,6 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The periodic checkpoint with the highest step in `run_dir`, or None."""
     found = periodic_checkpoints(run_dir)
     return found[-1] if found else None
-
-
-def read_json(path: Path, default: Any) -> Any:
-    """The JSON in `path`, or `default` when the file is missing or damaged (a warning
-    names a damaged file: the bookkeeping it held is rebuilt from the checkpoints)."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return default
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
-        logger.warning("%s is damaged (%s); ignoring it", path, error)
-        return default
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Writes JSON so that a reader sees the old or the new file, never a torn one."""
-    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def save_weights_atomic(model: keras.Model, path: Path) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Union
 
 import yaml
 
+from maskspine.errors import ConfigError
 from maskspine.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -48,10 +49,6 @@ SPINENET_ARCHS = ("49S", "49", "96", "143", "143L", "190")
 
 #: norm_cfg.type values: per-replica BatchNorm, or BatchNorm synchronised over replicas.
 NORM_TYPES = ("BN", "SyncBN")
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message says where and how to fix it."""
 
 
 # --------------------------------------------------------------------------- sections
@@ -340,6 +337,21 @@ class Config:
                 "training data's labels.json has been read"
             )
         return list(self.coco_classes[1:])
+
+    @property
+    def output_category_ids(self) -> list[int]:
+        """The category id of each class (label k is entry k - 1), the one rule for every
+        output (the inference JSON, COCO results, the serving signature's classes):
+        `category_ids` when the config lists them (training records the data set's),
+        else 1..K in `coco_classes` order."""
+        if self.category_ids:
+            return list(self.category_ids)
+        if self.classes_from_data:
+            raise ConfigError(
+                "coco_classes is 'from_data': the category ids are known only after the "
+                "training data's labels.json has been read"
+            )
+        return list(range(1, self.num_classes))
 
 
 # --------------------------------------------------------------------------- loading

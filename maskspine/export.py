@@ -58,9 +58,10 @@ from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
+from maskspine import postprocess_tf
 from maskspine.config import Config, save_config
 from maskspine.data.pipeline import decode_image, padded_size, preprocess_image
-from maskspine.postprocess_tf import boxes_to_original_tf, paste_masks_tf
+from maskspine.errors import ExportError
 
 if TYPE_CHECKING:
     import keras
@@ -93,10 +94,6 @@ CONFIG_ASSET = "config.yaml"
 
 #: Padding value of `detection_classes` after `num_detections`.
 CLASS_PADDING = -1
-
-
-class ExportError(ValueError):
-    """An export that cannot be written as asked (bad option, version already there)."""
 
 
 @dataclass
@@ -150,15 +147,30 @@ def next_version(output_dir: str | Path) -> int:
     return versions[-1] + 1 if versions else 1
 
 
-def class_table(config: Config) -> tuple[list[int], list[str]]:
-    """(category ids, class names) of contiguous labels 1..K, background excluded.
+def free_version(output_dir: str | Path, version: int | None = None) -> int:
+    """The version folder an export will write: `version`, or the next free number.
 
-    The category ids are the config's `category_ids` (the data set's own ids, saved with the
-    checkpoint) or, when the config has none, the contiguous labels 1..K themselves.
+    Raises:
+        ExportError: `version` is not positive, or its folder exists already.
     """
-    names = list(config.class_names)
-    ids = [int(v) for v in config.category_ids] or list(range(1, len(names) + 1))
-    return ids, names
+    output_dir = Path(output_dir).expanduser()
+    if version is None:
+        return next_version(output_dir)
+    if version < 1:
+        raise ExportError(f"version must be a positive integer, got {version}")
+    target = output_dir / str(version)
+    if target.exists():
+        raise ExportError(
+            f"{target} exists already: choose another --version, or leave it out to write "
+            f"version {next_version(output_dir)}"
+        )
+    return version
+
+
+def class_table(config: Config) -> tuple[list[int], list[str]]:
+    """(category ids, class names) of contiguous labels 1..K, background excluded; the ids
+    are `Config.output_category_ids` (the config's, else 1..K)."""
+    return config.output_category_ids, list(config.class_names)
 
 
 # --------------------------------------------------------------------------- graph pieces
@@ -290,7 +302,7 @@ class ServingModel(tf.Module):
         boxes = tf.gather(tf.cast(raw["detection_boxes"], tf.float32), order, batch_dims=1)
         masks = tf.gather(tf.cast(raw["detection_masks"], tf.float32), order, batch_dims=1)
 
-        boxes = boxes_to_original_tf(boxes, image_info)
+        boxes = postprocess_tf.boxes_to_original(boxes, image_info)
         category_ids = tf.gather(
             tf.constant(self._category_ids, tf.int32), tf.maximum(classes - 1, 0)
         )
@@ -305,7 +317,7 @@ class ServingModel(tf.Module):
         if self._full_masks:
             image_sizes = tf.cast(tf.round(image_info[:, 0, :]), tf.int32)  # [B, 2]
             output_size = tf.reduce_max(image_sizes, axis=0)
-            outputs["detection_masks_image"] = paste_masks_tf(
+            outputs["detection_masks_image"] = postprocess_tf.paste_masks(
                 outputs["detection_masks"],
                 outputs["detection_boxes"],
                 image_sizes,
@@ -378,16 +390,8 @@ def export_saved_model(
     if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
         raise ExportError(f"score threshold must be in [0, 1], got {score_threshold}")
     output_dir = Path(output_dir).expanduser()
-    if version is None:
-        version = next_version(output_dir)
-    if version < 1:
-        raise ExportError(f"version must be a positive integer, got {version}")
+    version = free_version(output_dir, version)
     target = output_dir / str(version)
-    if target.exists():
-        raise ExportError(
-            f"{target} exists already: choose another --version, or leave it out to write "
-            f"version {next_version(output_dir)}"
-        )
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = output_dir / f".tmp-{version}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)

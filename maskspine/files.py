@@ -1,11 +1,17 @@
-"""Writing files so that a reader, or a run killed half-way, never sees a torn one."""
+"""Writing files so that a reader, or a run killed half-way, never sees a torn one; reading
+the small JSON files of a run back."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 def default_file_mode() -> int:
@@ -41,3 +47,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
             os.unlink(temporary)
         raise
     return path
+
+
+def read_json(path: str | os.PathLike, default: Any) -> Any:
+    """The JSON in `path`, or `default` when the file is missing or damaged (a warning
+    names a damaged file: the bookkeeping it held is rebuilt from the checkpoints)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return default
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
+        logger.warning("%s is damaged (%s); ignoring it", path, error)
+        return default
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Writes JSON so that a reader sees the old or the new file, never a torn one."""
+    write_text_atomic(path, json.dumps(data, indent=1))

@@ -6,11 +6,12 @@ shared by `infer`, `eval` and the serving signature's full masks:
 - `boxes_to_original` undoes the resize / shift recorded in `image_info`;
 - `paste_masks` is the one mask paster (box-relative probabilities -> full-image binary masks);
 - `encode_rle` is the one RLE path (pycocotools compressed RLE, counts as `str`);
-- `detections_to_instances` runs the three on one image's outputs;
-- `to_reference_json` / `to_coco_results` write the reference's inference JSON and COCO
-  result records.
+- `detections_to_instances` runs the three on one image's outputs.
 
-Everything here is numpy on the host (after `model.predict`), not graph code.
+`maskspine.formats` turns the instances into the reference's inference JSON and COCO result
+records. Everything here is numpy on the host (after the model), never TensorFlow:
+`maskspine.postprocess_tf` is the graph twin of `boxes_to_original` and `paste_masks` for
+the serving signatures, tested equal to these.
 
 Model outputs (one image): `detection_boxes` [D, 4] yxyx in network-input pixels,
 `detection_scores` [D], `detection_classes` [D] int32 contiguous 1-based (0 = padding),
@@ -24,16 +25,11 @@ convention, negative when the image was shifted right / down), so that
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
-
-from maskspine.modeling.box_ops import yxyx_to_xywh
-
-#: The category id written in the reference's JSON when the data set's ids are not known.
-UNKNOWN_CATEGORY_ID = "unknown"
 
 #: Upper bound on the bytes of full-image masks held at once by `detections_to_instances`
 #: (large photos times 100 detections would otherwise need gigabytes).
@@ -204,24 +200,6 @@ def encode_rle(masks: np.ndarray) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- instances
 
 
-def unbatch_outputs(outputs: Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
-    """Split the model's batched outputs (tensors or arrays) into one numpy dict per image.
-
-    Args:
-        outputs: `detection_*` / `num_detections` with a leading batch dimension B.
-
-    Returns:
-        B dicts with the same keys, each value without the batch dimension.
-    """
-    arrays = {key: np.asarray(value) for key, value in outputs.items()}
-    batch_sizes = {value.shape[0] for value in arrays.values() if value.ndim > 0}
-    if len(batch_sizes) != 1:
-        shapes = {key: value.shape for key, value in arrays.items()}
-        raise ValueError(f"outputs do not share one batch dimension: {shapes}")
-    (batch_size,) = batch_sizes
-    return [{key: value[index] for key, value in arrays.items()} for index in range(batch_size)]
-
-
 def detections_to_instances(
     outputs: Mapping[str, Any],
     image_info: np.ndarray,
@@ -256,10 +234,7 @@ def detections_to_instances(
     classes = np.asarray(outputs["detection_classes"]).astype(np.int64)
     masks = np.asarray(outputs["detection_masks"], dtype=np.float32)
     if boxes.ndim != 2:
-        raise ValueError(
-            f"detection_boxes must be [D, 4] for one image, got {boxes.shape}; "
-            "split a batch with unbatch_outputs first"
-        )
+        raise ValueError(f"detection_boxes must be [D, 4] for one image, got {boxes.shape}")
     count = len(boxes)
     if "num_detections" in outputs:
         count = min(count, int(np.asarray(outputs["num_detections"]).reshape(())))
@@ -291,105 +266,3 @@ def detections_to_instances(
         }
         for position, index in enumerate(indices)
     ]
-
-
-# --------------------------------------------------------------------------- output formats
-
-
-def _class_index(label: int, num_names: int) -> int:
-    if not 1 <= label <= num_names:
-        raise ValueError(
-            f"detection class {label} is outside the {num_names} known classes (1..{num_names}); "
-            "the class names / category ids do not match the model's num_classes"
-        )
-    return label - 1
-
-
-def to_reference_json(
-    instances: Sequence[Mapping[str, Any]],
-    image_size: tuple[int, int],
-    class_names: Sequence[str],
-    category_ids: Sequence[int] | None = None,
-) -> dict[str, Any]:
-    """One image's entry of the reference's inference JSON.
-
-    Args:
-        instances: from `detections_to_instances`.
-        image_size: original (height, width).
-        class_names: names of contiguous labels 1..C-1 (no background entry): name of label
-            k is `class_names[k - 1]`.
-        category_ids: the data set's category ids aligned with `class_names`, or None / empty
-            when not known (then `"unknown"`, as in the reference).
-
-    Returns:
-        `{"height", "width", "predictions": [{"bbox": {"x_min", "y_min", "width", "height"},
-        "class": {"label", "category_id", "name"}, "mask": {"size", "counts"}, "score"}]}`
-        with boxes in original pixels (floats), `label` 0-based without background, predictions
-        sorted by score (highest first).
-    """
-    if category_ids is not None and len(category_ids) == 0:
-        category_ids = None
-    if category_ids is not None and len(category_ids) != len(class_names):
-        raise ValueError(
-            f"{len(category_ids)} category ids for {len(class_names)} class names; "
-            "they must be aligned (one id per class, background excluded)"
-        )
-    predictions = []
-    for instance in sorted(instances, key=lambda item: -float(item["score"])):
-        index = _class_index(int(instance["label"]), len(class_names))
-        x, y, w, h = (float(v) for v in yxyx_to_xywh(np.asarray(instance["box_yxyx"], np.float32)))
-        category_id = UNKNOWN_CATEGORY_ID if category_ids is None else int(category_ids[index])
-        predictions.append(
-            {
-                "bbox": {"x_min": x, "y_min": y, "width": w, "height": h},
-                "class": {"label": index, "category_id": category_id, "name": class_names[index]},
-                "mask": {
-                    "size": [int(v) for v in instance["rle"]["size"]],
-                    "counts": instance["rle"]["counts"],
-                },
-                "score": float(instance["score"]),
-            }
-        )
-    height, width = (int(v) for v in image_size)
-    return {"height": height, "width": width, "predictions": predictions}
-
-
-def to_coco_results(
-    instances: Sequence[Mapping[str, Any]],
-    image_id: Any,
-    category_ids: Sequence[int],
-) -> list[dict[str, Any]]:
-    """COCO result records (`COCO.loadRes` format) of one image's instances.
-
-    Args:
-        instances: from `detections_to_instances`.
-        image_id: the image's id in the ground-truth labels.json.
-        category_ids: the data set's category ids of contiguous labels 1..C-1
-            (`category_ids[label - 1]`).
-
-    Returns:
-        One dict per instance: `image_id`, `category_id` (the data set's), `bbox` COCO xywh in
-        original pixels, `score`, `segmentation` (compressed RLE with str counts).
-    """
-    if len(category_ids) == 0:
-        raise ValueError(
-            "COCO results need the data set's category ids (config `category_ids`, or the "
-            "categories of the labels.json the model was trained on)"
-        )
-    results = []
-    for instance in instances:
-        index = _class_index(int(instance["label"]), len(category_ids))
-        xywh = yxyx_to_xywh(np.asarray(instance["box_yxyx"], np.float32))
-        results.append(
-            {
-                "image_id": image_id,
-                "category_id": int(category_ids[index]),
-                "bbox": [float(v) for v in xywh],
-                "score": float(instance["score"]),
-                "segmentation": {
-                    "size": [int(v) for v in instance["rle"]["size"]],
-                    "counts": instance["rle"]["counts"],
-                },
-            }
-        )
-    return results

@@ -1,8 +1,8 @@
 """The graph (TensorFlow) backend of `maskspine.postprocess`: the same box un-scaling and the
 same mask paster, batched and with static shapes, for code that runs inside a SavedModel.
 
-`maskspine.postprocess` (numpy, on the host) is the reference: `boxes_to_original_tf` and
-`paste_masks_tf` compute the same numbers with TF ops (up to float32 rounding, which can flip
+`maskspine.postprocess` (numpy, on the host) is the reference: `boxes_to_original` and
+`paste_masks` compute the same numbers with TF ops (up to float32 rounding, which can flip
 a pixel whose interpolated probability is within ~1e-6 of the threshold). The tests compare
 the two on random boxes and masks.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def boxes_to_original_tf(boxes_yxyx: tf.Tensor, image_info: tf.Tensor) -> tf.Tensor:
+def boxes_to_original(boxes_yxyx: tf.Tensor, image_info: tf.Tensor) -> tf.Tensor:
     """Boxes from network-input pixels to original-image pixels, clipped to each image.
 
     Args:
@@ -92,7 +92,7 @@ def _paste_one_image(
     return tf.cast(foreground, tf.uint8)
 
 
-def paste_masks_tf(
+def paste_masks(
     masks: tf.Tensor,
     boxes_yxyx: tf.Tensor,
     image_sizes: tf.Tensor,
@@ -108,7 +108,7 @@ def paste_masks_tf(
     Args:
         masks: [B, D, Mh, Mw] float probabilities relative to each box.
         boxes_yxyx: [B, D, 4] float yxyx in pixels of the original image (after
-            `boxes_to_original_tf`).
+            `boxes_to_original`).
         image_sizes: int [B, 2] (height, width) of each original image.
         output_size: int (height, width) of the output, at least every image's size (images
             of a batch may differ in size: each is pasted in the top-left corner).

@@ -2,6 +2,8 @@
 
     ax = draw_instances(image, boxes, masks, names=["circle", "square"], scores=[0.9, 0.7])
     ax.figure.savefig("out.png")
+    ax = draw_inference_entry(read_image(path), entries[path], score_threshold=0.5)
+    written, failures = draw_predictions(load_inference_json("preds.json"), "drawings/")
 
 Masks are translucent, one colour per class, with an opaque outline; boxes have a dark
 halo and labels sit on a patch of the class colour with black or white text, whichever
@@ -11,14 +13,23 @@ without pyplot (no global state, nothing to close) unless an `ax` is given.
 
 from __future__ import annotations
 
+import math
+import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import matplotlib.patheffects as patheffects
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+
+from maskspine.boxes import xywh_to_yxyx
+from maskspine.data.images import read_image
+from maskspine.errors import DataError, InferenceError
+from maskspine.formats import entry_instances
 
 #: Distinct, saturated colours (RGB 0..1) that show on both dark and light backgrounds.
 PALETTE: tuple[tuple[float, float, float], ...] = tuple(
@@ -49,6 +60,10 @@ PALETTE: tuple[tuple[float, float, float], ...] = tuple(
 
 BOX_FORMATS = ("yxyx", "xyxy", "xywh")
 
+#: Drawings of small images are scaled up by an integer factor to at least this many pixels
+#: on the longer side, so that class names and scores stay legible.
+MIN_DRAWING_SIZE = 480
+
 
 def class_colour(key: int | str) -> tuple[float, float, float]:
     """The colour (RGB 0..1) of a class: by contiguous label when an int, else by name."""
@@ -58,8 +73,13 @@ def class_colour(key: int | str) -> tuple[float, float, float]:
 
 
 def _text_colour(colour: Sequence[float]) -> str:
-    luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
-    return "black" if luminance > 0.55 else "white"
+    """Black or white, whichever contrasts more with `colour` (RGB 0..1) by the WCAG 2
+    contrast ratio (relative luminance of the linearised sRGB channels)."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in colour[:3]]
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    on_black = (luminance + 0.05) / 0.05
+    on_white = 1.05 / (luminance + 0.05)
+    return "black" if on_black >= on_white else "white"
 
 
 def _to_yxyx(boxes: np.ndarray, box_format: str) -> np.ndarray:
@@ -68,10 +88,9 @@ def _to_yxyx(boxes: np.ndarray, box_format: str) -> np.ndarray:
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     if box_format == "yxyx":
         return boxes
-    if box_format == "xyxy":
+    if box_format == "xyxy":  # the same corners, axes swapped
         return boxes[:, [1, 0, 3, 2]]
-    x, y, w, h = boxes.T
-    return np.stack([y, x, y + h, x + w], axis=1)
+    return xywh_to_yxyx(boxes)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -130,7 +149,7 @@ def draw_instances(
     height, width = image.shape[:2]
     if ax is None:
         dpi = 100
-        scale = max(1.0, 480 / max(height, width))
+        scale = max(1.0, MIN_DRAWING_SIZE / max(height, width))
         title_height = 24 if title else 0  # pixels above the image for the title
         figure_height = height * scale + title_height
         figure = Figure(figsize=(width * scale / dpi, figure_height / dpi), dpi=dpi)
@@ -254,3 +273,123 @@ def draw_batch_element(
         ax=ax,
         title=title,
     )
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def draw_inference_entry(
+    image: np.ndarray,
+    entry: Mapping[str, Any],
+    *,
+    score_threshold: float = 0.0,
+    title: str | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Draws one image's predictions (an entry of the inference JSON, `maskspine.formats`)
+    with `draw_instances`: translucent masks in a colour per class, boxes, class names and
+    scores.
+
+    Args:
+        image: uint8 [height, width, 3] RGB, the size the entry gives.
+        entry: `{"height", "width", "predictions"}`.
+        score_threshold: predictions scoring below this are not drawn.
+        title: axes title.
+        ax: draw into these axes; a new figure sized to the image otherwise.
+
+    Raises:
+        InferenceError: the image's size is not the entry's.
+    """
+    image = np.asarray(image)
+    expected = (int(entry["height"]), int(entry["width"]))
+    if tuple(image.shape[:2]) != expected:
+        raise InferenceError(
+            f"the image is {image.shape[0]}x{image.shape[1]} but its predictions were made "
+            f"for {expected[0]}x{expected[1]} (height x width)"
+        )
+    found = entry_instances(entry, score_threshold)
+    return draw_instances(
+        image,
+        found["boxes"],
+        found["masks"],
+        found["names"],
+        found["scores"],
+        labels=found["labels"],
+        title=title,
+        ax=ax,
+    )
+
+
+def drawing_scale(height: int, width: int) -> int:
+    """The integer factor a drawing of a `height` x `width` image is saved at (1 for images
+    at least `MIN_DRAWING_SIZE` pixels on their longer side)."""
+    return max(1, math.ceil(MIN_DRAWING_SIZE / max(height, width, 1)))
+
+
+def save_drawing(ax: Axes, path: str | os.PathLike, image_size: tuple[int, int]) -> Path:
+    """Saves a `draw_instances` figure (without title) as a PNG of exactly the image's size
+    times `drawing_scale`."""
+    height, width = image_size
+    figure = ax.figure
+    scale = drawing_scale(height, width)
+    figure_width = figure.get_size_inches()[0]
+    # The figure's width in inches times dpi is the PNG's width in pixels.
+    figure.savefig(path, dpi=width * scale / figure_width, format="png")
+    return Path(path)
+
+
+def _image_for(key: str, images_dir: Path | None) -> Path:
+    if images_dir is not None:
+        candidate = images_dir / Path(key).name
+        if candidate.is_file():
+            return candidate
+    return Path(key)
+
+
+def draw_predictions(
+    entries: Mapping[str, Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    *,
+    score_threshold: float = 0.5,
+    images_dir: str | os.PathLike | None = None,
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """One PNG per image of an inference JSON, its predictions drawn over it.
+
+    Args:
+        entries: `maskspine.formats.load_inference_json(...)`.
+        output_dir: folder for `<image name>.png` (created; a name taken by an earlier image
+            of the same name from another folder gets `_2`, `_3`, ...).
+        score_threshold: predictions scoring below this are not drawn.
+        images_dir: look for each image here by file name first, then at its path in the JSON
+            (for JSON written on another machine or before the images moved).
+
+    Returns:
+        (the PNGs written, [(image path, reason)] of the images that could not be drawn:
+        missing, unreadable, or not the size the predictions were made for).
+    """
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    folder = Path(images_dir).expanduser() if images_dir is not None else None
+    written: list[Path] = []
+    failures: list[tuple[str, str]] = []
+    used: set[str] = set()
+    for key, entry in entries.items():
+        path = _image_for(key, folder)
+        try:
+            image = read_image(path)
+            ax = draw_inference_entry(image, entry, score_threshold=score_threshold)
+        except FileNotFoundError:
+            where = f" (nor in {folder})" if folder is not None else " (use --images DIR)"
+            failures.append((key, f"image not found: {path}{where}"))
+            continue
+        except (DataError, InferenceError) as error:
+            failures.append((key, str(error)))
+            continue
+        stem = Path(key).stem or "image"
+        name, number = f"{stem}.png", 1
+        while name in used:
+            number += 1
+            name = f"{stem}_{number}.png"
+        used.add(name)
+        written.append(save_drawing(ax, output / name, image.shape[:2]))
+    return written, failures

@@ -56,7 +56,7 @@ RUN_OVERRIDES = [o for o in TINY_OVERRIDES if not o.startswith(("coco_classes", 
 def make_batch(
     batch_size: int = 2, size: int = 128, num_gts: int = 8, mask_size: int = 28, seed: int = 0
 ) -> tuple[dict[str, np.ndarray], list[list[tuple[int, np.ndarray, np.ndarray]]]]:
-    """A training batch (ARCHITECTURE.md contract) of flat-coloured shapes on a dark ground.
+    """A training batch (docs/architecture.md contract) of flat-coloured shapes on a dark ground.
 
     Class 1 = square, 2 = disc, 3 = horizontal bar; each instance has its own colour
     channel so the task is learnable by a tiny model. Returns the batch and, per image,

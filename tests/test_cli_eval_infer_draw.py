@@ -11,7 +11,6 @@ import shutil
 
 import numpy as np
 import pytest
-from maskspine.cli.main import app
 from model_fixtures import REPO, TINY_OVERRIDES
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -19,6 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from typer.testing import CliRunner
 
+from maskspine.cli.main import app
 from maskspine.data.shapes import ShapesSpec, write_shapes_split
 
 CLASSES = ["circle", "square", "triangle"]

@@ -170,3 +170,17 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path, "lr: [1, 2\n"))
+
+
+def test_one_category_id_rule_for_every_output():
+    config = load_config(
+        Path(__file__).parents[1] / "configs" / "shapes_demo.yaml",
+        ["coco_classes=[background, a, b, c]", "num_classes=4", "category_ids=[]"],
+    )
+    assert config.output_category_ids == [1, 2, 3]  # none listed: 1..K in coco_classes order
+    config.category_ids = [5, 9, 11]
+    assert config.output_category_ids == [5, 9, 11]
+    config.coco_classes = "from_data"
+    config.category_ids = []
+    with pytest.raises(ConfigError, match="from_data"):
+        _ = config.output_category_ids

@@ -24,7 +24,7 @@ import tensorflow as tf
 from model_fixtures import REPO, TINY_OVERRIDES
 from typer.testing import CliRunner
 
-from maskspine import postprocess
+from maskspine import postprocess, postprocess_tf
 from maskspine.checkpoints import load_model, save_weights_atomic
 from maskspine.config import load_config, save_config
 from maskspine.export import (
@@ -33,8 +33,7 @@ from maskspine.export import (
     next_version,
     resolve_input_types,
 )
-from maskspine.inference import predict_images
-from maskspine.postprocess_tf import boxes_to_original_tf, paste_masks_tf
+from maskspine.predict import predict_images
 
 #: Factors on fresh weights that make an untrained model's scores and masks decisive.
 SHARPEN = {
@@ -83,7 +82,7 @@ def test_paste_masks_tf_matches_numpy_paster():
     boxes[0, 5] = [10, 10, 10, 30]  # empty height
     boxes[0, 6] = [20, 30, 5, 40]  # inverted
     boxes[1, 7] = [np.nan, 0, 10, 10]  # not finite
-    pasted = paste_masks_tf(masks, boxes, sizes, (out_h, out_w), threshold=0.5).numpy()
+    pasted = postprocess_tf.paste_masks(masks, boxes, sizes, (out_h, out_w), threshold=0.5).numpy()
     assert pasted.shape == (3, 24, out_h, out_w) and pasted.dtype == np.uint8
     differing = total = 0
     for b, (h, w) in enumerate(sizes):
@@ -101,7 +100,7 @@ def test_paste_masks_tf_fills_an_integer_box_exactly():
     # (every pixel centre inside the box reads 1, the half-cell border blends to < 0.5 outside).
     masks = np.ones((1, 1, 7, 7), np.float32)
     boxes = np.array([[[2.0, 3.0, 6.0, 10.0]]], np.float32)
-    pasted = paste_masks_tf(masks, boxes, [[8, 12]], (8, 12)).numpy()[0, 0]
+    pasted = postprocess_tf.paste_masks(masks, boxes, [[8, 12]], (8, 12)).numpy()[0, 0]
     expected = np.zeros((8, 12), np.uint8)
     expected[2:6, 3:10] = 1
     np.testing.assert_array_equal(pasted, expected)
@@ -117,7 +116,7 @@ def test_boxes_to_original_tf_matches_numpy():
         ],
         np.float32,
     )
-    converted = boxes_to_original_tf(boxes, info).numpy()
+    converted = postprocess_tf.boxes_to_original(boxes, info).numpy()
     for b in range(2):
         np.testing.assert_allclose(
             converted[b], postprocess.boxes_to_original(boxes[b], info[b]), rtol=1e-6, atol=1e-4

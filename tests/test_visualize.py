@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.patches import Rectangle
+from PIL import Image
+from pycocotools import mask as mask_utils
 
-from maskspine.visualize import PALETTE, class_colour, draw_instances
+from maskspine.visualize import PALETTE, class_colour, draw_instances, draw_predictions
 
 
 def rendered(ax) -> np.ndarray:
@@ -73,11 +77,23 @@ def test_names_and_scores_are_written_in_a_readable_colour():
     ax = draw_instances(image, boxes, names=["cat", "dog"], scores=[0.91, 0.5], labels=[3, 1])
     texts = {t.get_text(): t for t in ax.texts}
     assert set(texts) == {"cat 0.91", "dog 0.50"}
-    # Light patch (yellow, label 2) -> black text; dark patch (blue) -> white text.
-    light = draw_instances(image, boxes[:1], names=["x"], labels=[2]).texts[0]
-    dark = draw_instances(image, boxes[:1], names=["x"], labels=[18]).texts[0]
-    assert PALETTE[2] == (1.0, 225 / 255, 25 / 255)
-    assert light.get_color() == "black" and dark.get_color() == "white"
+    # Every class colour's label text is the one of black / white with the higher WCAG 2
+    # contrast ratio against its patch (the formula written out here is the reference).
+
+    def luminance(rgb):
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    def contrast(a, b):
+        high, low = sorted((luminance(a), luminance(b)), reverse=True)
+        return (high + 0.05) / (low + 0.05)
+
+    for label in range(len(PALETTE)):
+        text = draw_instances(image, boxes[:1], names=["x"], labels=[label]).texts[0]
+        patch = text.get_bbox_patch().get_facecolor()[:3]
+        chosen = (0.0, 0.0, 0.0) if text.get_color() == "black" else (1.0, 1.0, 1.0)
+        other = (1.0, 1.0, 1.0) if text.get_color() == "black" else (0.0, 0.0, 0.0)
+        assert contrast(patch, chosen) >= contrast(patch, other), (label, patch)
 
 
 def test_draws_into_given_axes_and_colours_by_name_when_no_labels():
@@ -89,8 +105,84 @@ def test_draws_into_given_axes_and_colours_by_name_when_no_labels():
         np.zeros((10, 10, 3), np.uint8), np.array([[1, 1, 5, 5]]), names=["a"], ax=axes[1]
     )
     assert result is axes[1]
-    assert class_colour("a") == class_colour("a") and class_colour("a") in PALETTE
+    # a class keeps its colour, and the first classes all get different ones
+    assert class_colour("a") == class_colour("a")
+    colours = [class_colour(label) for label in range(1, len(PALETTE) + 1)]
+    assert len(set(colours)) == len(colours)
     with pytest.raises(ValueError, match="box_format"):
         draw_instances(
             np.zeros((10, 10, 3), np.uint8), np.array([[1, 1, 5, 5]]), box_format="cxcywh"
         )
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def _pixels(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _entry(height: int, width: int) -> dict:
+    mask = np.zeros((height, width), np.uint8)
+    mask[5:15, 5:20] = 1
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    return {
+        "height": height,
+        "width": width,
+        "predictions": [
+            {
+                "bbox": {"x_min": 5.0, "y_min": 5.0, "width": 15.0, "height": 10.0},
+                "class": {"label": 1, "category_id": 2, "name": "square"},
+                "mask": {"size": [height, width], "counts": rle["counts"].decode()},
+                "score": 0.9,
+            }
+        ],
+    }
+
+
+def test_draw_predictions_writes_images_of_the_right_size(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    sizes = {"small.png": (60, 90), "large.jpg": (600, 500)}
+    for name, (height, width) in sizes.items():
+        Image.fromarray(_pixels(height, width)).save(images / name)
+    entries = {str(images / name): _entry(*size) for name, size in sizes.items()}
+    entries["elsewhere/missing.png"] = _entry(60, 90)
+    entries[str(images / "small_again.png")] = _entry(70, 90)  # file absent
+    written, failures = draw_predictions(entries, tmp_path / "out", score_threshold=0.5)
+    assert sorted(p.name for p in written) == ["large.png", "small.png"]
+    for name, (height, width) in sizes.items():
+        # Small images are scaled by a whole factor to >= 480 px on the longer side.
+        factor = max(1, math.ceil(480 / max(height, width)))
+        with Image.open(tmp_path / "out" / (name.split(".")[0] + ".png")) as drawn:
+            assert drawn.format == "PNG"
+            assert drawn.size == (width * factor, height * factor)
+    assert {key for key, _ in failures} == {
+        "elsewhere/missing.png",
+        str(images / "small_again.png"),
+    }
+
+
+def test_draw_finds_moved_images_by_name_and_checks_their_size(tmp_path):
+    Image.fromarray(_pixels(60, 90)).save(tmp_path / "a.png")
+    Image.fromarray(_pixels(61, 90)).save(tmp_path / "b.png")
+    entries = {"/gone/a.png": _entry(60, 90), "/gone/b.png": _entry(60, 90)}
+    written, failures = draw_predictions(entries, tmp_path / "out", images_dir=tmp_path)
+    assert [p.name for p in written] == ["a.png"]
+    assert failures[0][0] == "/gone/b.png" and "61x90" in failures[0][1]
+
+
+def test_host_code_imports_no_tensorflow():
+    # `maskspine draw` and every `--help` must not wait for TensorFlow to load.
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "import maskspine.postprocess, maskspine.visualize, maskspine.formats, maskspine.boxes\n"
+        "import maskspine.data.images, maskspine.errors, maskspine.cli.main\n"
+        "loaded = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 from maskspine.data.coco import (
     CocoLabels,
     CocoSource,
-    DataError,
     InspectReport,
     inspect_source,
     load_coco_categories,
 )
+from maskspine.data.images import IMAGE_SUFFIXES, find_images, read_image
 from maskspine.data.shapes import (
     SHAPE_CLASSES,
     TRAIN_SPLIT,
@@ -40,6 +40,7 @@ from maskspine.data.shapes import (
     ensure_shapes,
     shapes_categories,
 )
+from maskspine.errors import DataError
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -59,15 +60,18 @@ __all__ = [
     "CocoLabels",
     "CocoSource",
     "DataError",
+    "IMAGE_SUFFIXES",
     "InspectReport",
     "ShapesSpec",
     "build_dataset",
     "category_ids_for_labels",
     "default_data_root",
     "ensure_shapes",
+    "find_images",
     "inspect_source",
     "load_categories",
     "prepare_source",
+    "read_image",
     "resolve_source",
 ]
 
@@ -205,7 +209,7 @@ def build_dataset(
     data_dir: str | Path | None = None,
     start_batch: int | None = None,
 ) -> tf.data.Dataset:
-    """Batches of the ARCHITECTURE.md dict from a source (see `maskspine.data.pipeline`).
+    """Batches of the docs/architecture.md dict from a source (see `maskspine.data.pipeline`).
 
     Args:
         config: sizes, normalisation, augmentation, `seed`, `num_gts`, `mask_crop_size`,

@@ -19,7 +19,6 @@ This is the only module that knows about files; everything after it sees arrays.
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import json
 import logging
 import os
@@ -30,25 +29,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
+
+from maskspine.boxes import xywh_to_yxyx
+from maskspine.data.images import IMAGE_SUFFIXES, read_image_bytes
+from maskspine.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.json"
 IMAGES_FOLDER = "data"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-#: PIL modes whose JPEG / PNG files `tf.io.decode_image(channels=3)` reads correctly as they
-#: are; other files (CMYK JPEG, 16-bit PNG, other formats) are re-encoded as RGB PNG.
-_TF_READABLE = {"JPEG": {"RGB", "L"}, "PNG": {"RGB", "RGBA", "L", "LA", "P"}}
 
 #: Problems printed one by one before the rest are only counted.
 _MAX_LOGGED_PROBLEMS = 20
-
-
-class DataError(ValueError):
-    """Data that cannot be used as given; the message names the file / annotation and the fix."""
 
 
 # --------------------------------------------------------------------------- sources
@@ -152,7 +145,8 @@ class ImageExample:
     Attributes:
         image_id: the data set's image id.
         file_name: as in labels.json.
-        encoded: JPEG / PNG bytes that `tf.io.decode_image(channels=3)` reads as RGB.
+        encoded: `maskspine.data.images.read_image_bytes` of the file (what
+            `maskspine.data.pipeline.decode_image` reads as RGB).
         height, width: pixels.
         instances: the usable annotations, in file order.
     """
@@ -185,34 +179,36 @@ class CocoLabels:
             with open(self.path, encoding="utf-8") as file:
                 data = json.load(file)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise DataError(f"{self.path}: not valid JSON: {error}") from None
+            raise DataError(f"not valid JSON: {error}", path=self.path) from None
         if not isinstance(data, dict):
-            raise DataError(f"{self.path}: the top level must be a COCO object")
+            raise DataError("the top level must be a COCO object", path=self.path)
         for key in ("images", "categories"):
             if not isinstance(data.get(key), list):
-                raise DataError(f"{self.path}: no '{key}' list (is this a COCO annotations file?)")
+                raise DataError(
+                    f"no '{key}' list (is this a COCO annotations file?)", path=self.path
+                )
         annotations = data.get("annotations", [])
         if not isinstance(annotations, list):
-            raise DataError(f"{self.path}: 'annotations' must be a list")
+            raise DataError("'annotations' must be a list", path=self.path)
         try:
             categories = sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
         except (KeyError, TypeError, ValueError):
             raise DataError(
-                f"{self.path}: every category needs an integer 'id' and a 'name'"
+                "every category needs an integer 'id' and a 'name'", path=self.path
             ) from None
         duplicates = [cid for cid, count in Counter(c for c, _ in categories).items() if count > 1]
         if duplicates:
-            raise DataError(f"{self.path}: category ids {duplicates} appear more than once")
+            raise DataError(f"category ids {duplicates} appear more than once", path=self.path)
         self.categories: list[tuple[int, str]] = categories
         self.images: list[dict[str, Any]] = data["images"]
         for record in self.images:
             if not isinstance(record, dict) or "id" not in record or "file_name" not in record:
-                raise DataError(f"{self.path}: every image needs an 'id' and a 'file_name'")
+                raise DataError("every image needs an 'id' and a 'file_name'", path=self.path)
         self._annotations: dict[Any, list[dict[str, Any]]] = defaultdict(list)
         for annotation in annotations:
             if not isinstance(annotation, dict) or "image_id" not in annotation:
                 raise DataError(
-                    f"{self.path}: annotation {_annotation_name(annotation)} has no 'image_id'"
+                    f"annotation {_annotation_name(annotation)} has no 'image_id'", path=self.path
                 )
             self._annotations[annotation["image_id"]].append(annotation)
         self.num_annotations = len(annotations)
@@ -250,8 +246,9 @@ class CocoLabels:
             more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
             known = ", ".join(str(cid) for cid, _ in self.categories)
             raise DataError(
-                f"{self.path}: unknown category_id in {shown}{more}; the file's categories "
-                f"have ids {known}. Add the category to 'categories' or fix the annotation."
+                f"unknown category_id in {shown}{more}; the file's categories have ids "
+                f"{known}. Add the category to 'categories' or fix the annotation.",
+                path=self.path,
             )
 
 
@@ -343,8 +340,8 @@ def decode_annotation(
             *problems,
             Problem("zero_size_box", subject, f"box has zero width or height ({w}x{h}); dropped"),
         ]
-    y1, x1 = min(max(y, 0.0), height), min(max(x, 0.0), width)
-    y2, x2 = min(max(y + h, 0.0), height), min(max(x + w, 0.0), width)
+    limits = [height, width, height, width]
+    y1, x1, y2, x2 = (float(v) for v in np.clip(xywh_to_yxyx([x, y, w, h]), 0.0, limits))
     if not (y2 > y1 and x2 > x1):
         return None, [
             *problems,
@@ -362,41 +359,6 @@ def decode_annotation(
         mask=mask,
     )
     return instance, problems
-
-
-def read_image_bytes(path: str | Path) -> tuple[bytes, int, int]:
-    """An image file as bytes that `tf.io.decode_image(channels=3)` reads as RGB, with its size.
-
-    The file is decoded in full once (so a truncated file is caught here, not in training).
-    JPEG and PNG in ordinary modes are kept byte for byte; anything else (CMYK JPEG, 16-bit
-    PNG, BMP, TIFF, ...) is converted to RGB and re-encoded as PNG.
-
-    Returns:
-        (encoded bytes, height, width).
-    Raises:
-        FileNotFoundError: the file does not exist.
-        DataError: it is not an image or is damaged; the message names the file.
-    """
-    path = Path(path)
-    data = path.read_bytes()
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            width, height = image.size
-            if image.mode in _TF_READABLE.get(image.format or "", ()):
-                return data, height, width
-            if image.mode in ("I", "I;16", "I;16B", "I;16L"):
-                # 16-bit grayscale: keep the high byte, as TF does for 16-bit RGB PNGs.
-                values = np.asarray(image).astype(np.int64)
-                image = Image.fromarray(
-                    (values >> 8 if values.max() > 255 else values).astype(np.uint8)
-                )
-            converted = image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"{path}: cannot read the image ({error})") from None
-    buffer = io.BytesIO()
-    converted.save(buffer, format="PNG")
-    return buffer.getvalue(), height, width
 
 
 # --------------------------------------------------------------------------- reading a source
@@ -506,7 +468,7 @@ def _load_example(
         try:
             encoded, file_height, file_width = read_image_bytes(path)
         except DataError as error:
-            return skip("corrupt_image", str(error).removeprefix(f"{path}: "))
+            return skip("corrupt_image", error.reason)
         if (
             height is not None
             and width is not None

@@ -1,7 +1,7 @@
 """tf.data input pipelines: decode, augment, resize, pad, normalise, crop masks, batch.
 
 Everything here is graph code (it runs inside `Dataset.map`), per image, with static
-output shapes. The batch dicts follow ARCHITECTURE.md:
+output shapes. The batch dicts follow docs/architecture.md:
 
 Training (`training=True`):
 
@@ -65,8 +65,15 @@ def padded_size(config: Config) -> tuple[int, int]:
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-    """JPEG / PNG bytes (RGB, grayscale, RGBA, palette) -> uint8 [h, w, 3] RGB."""
-    image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    """JPEG / PNG bytes (RGB, grayscale, RGBA, palette) -> uint8 [h, w, 3] RGB, the pixels
+    `maskspine.data.images.read_image` (PIL) gives for the same file: JPEGs with the accurate
+    integer DCT, as PIL and OpenCV decode them (TensorFlow's default DCT differs by up to 4
+    levels). The graph twin of `read_image` for stored bytes (prepared data, serving)."""
+    image = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False),
+    )
     image.set_shape([None, None, 3])
     return image
 

@@ -190,10 +190,6 @@ class PreparedData:
         with _quiet_logs():
             return tfds.builder_from_directory(self.directory)
 
-    @property
-    def num_shards(self) -> int:
-        return self.builder().info.splits[PREPARED_SPLIT].num_shards
-
     def as_dataset(self, *, read_config: tfds.ReadConfig | None = None) -> tf.data.Dataset:
         """The stored examples in order, with the image and masks left encoded:
         `image` string, `objects/mask` string [N] (PNG), the rest decoded."""
@@ -295,8 +291,9 @@ def prepare(
     prepared = load_prepared(version_dir)
     if prepared.num_examples == 0:
         raise DataError(
-            f"{source.name}: no usable images (see the warnings above, or run "
-            f"`maskspine data inspect {source.name}`)"
+            "no usable images (see the warnings above, or run "
+            f"`maskspine data inspect {source.name}`)",
+            path=source.name,
         )
     return prepared
 

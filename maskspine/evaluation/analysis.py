@@ -50,10 +50,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from maskspine.evaluation.coco_eval import (
-    _results_list,
     check_results,
     load_coco_gt,
     load_results,
+    mean_over_valid,
+    results_list,
 )
 from maskspine.files import write_text_atomic
 
@@ -166,14 +167,6 @@ def _error_breakdown(gt: COCO, coco_dt: COCO, iou_type: str, precision: np.ndarr
     return ps
 
 
-def _mean_over_valid(values: np.ndarray, axis: int) -> np.ndarray:
-    """Mean over `axis` of the entries that are neither -1 nor NaN; NaN where there are none."""
-    valid = (values > -1) & ~np.isnan(values)
-    total = np.where(valid, values, 0.0).sum(axis=axis)
-    count = valid.sum(axis=axis)
-    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
 # --------------------------------------------------------------------------- plots
 
 
@@ -237,7 +230,7 @@ def analyze(
         `errors_overall_<area>.png` and `errors/<id>_<name>.png`.
     """
     gt = load_coco_gt(coco_gt, quiet=True)
-    records = _results_list(results)
+    records = results_list(results)
     check_results(gt, records, iou_type)
     with _quiet():
         coco_dt = load_results(gt, records, iou_type)
@@ -263,11 +256,11 @@ def analyze(
     standard = precision[: len(_STANDARD_IOUS), :, :, area_all]  # [10, R, K]
     at_50, at_75 = (int(np.flatnonzero(np.isclose(_STANDARD_IOUS, v))[0]) for v in (0.5, 0.75))
     curves = {  # each [R, K]
-        "0.50": _mean_over_valid(standard[at_50 : at_50 + 1], axis=0),
-        "0.75": _mean_over_valid(standard[at_75 : at_75 + 1], axis=0),
-        "0.50:0.95": _mean_over_valid(standard, axis=0),
+        "0.50": mean_over_valid(standard[at_50 : at_50 + 1], axis=0),
+        "0.75": mean_over_valid(standard[at_75 : at_75 + 1], axis=0),
+        "0.50:0.95": mean_over_valid(standard, axis=0),
     }
-    overall_curves = {label: _mean_over_valid(c, axis=1) for label, c in curves.items()}
+    overall_curves = {label: mean_over_valid(c, axis=1) for label, c in curves.items()}
     rows: list[list[Any]] = [["scope", "category_id", "name", "iou", "recall", "precision"]]
     for label, curve in overall_curves.items():
         rows += [
@@ -294,8 +287,8 @@ def analyze(
     files.append(pr_csv)
 
     # Error breakdown: area under each curve per category and overall.
-    auc = _mean_over_valid(breakdown, axis=1)  # [7, K, A]; NaN without ground truth
-    overall_curves_by_area = _mean_over_valid(breakdown, axis=2)  # [7, R, A]
+    auc = mean_over_valid(breakdown, axis=1)  # [7, K, A]; NaN without ground truth
+    overall_curves_by_area = mean_over_valid(breakdown, axis=2)  # [7, R, A]
     rows = [["scope", "category_id", "name", "area", *ERROR_ROWS]]
     overall_by_area: dict[str, dict[str, float]] = {}
     for a, area in enumerate(AREAS):
@@ -319,7 +312,7 @@ def analyze(
             for k, c in enumerate(category_ids)
             if gt.cats[c].get("supercategory") == supercategory
         ]
-        curves_sup = _mean_over_valid(breakdown[:, :, members], axis=2)
+        curves_sup = mean_over_valid(breakdown[:, :, members], axis=2)
         for a, area in enumerate(AREAS):
             values = [_number(float(np.mean(curves_sup[i, :, a]))) for i in range(len(ERROR_ROWS))]
             rows.append(["supercategory", "", supercategory, area, *values])

@@ -99,7 +99,9 @@ def _maybe_quiet(quiet: bool):
     return contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
 
 
-def _results_list(results: Sequence[Mapping[str, Any]] | str | os.PathLike) -> list[dict]:
+def results_list(results: Sequence[Mapping[str, Any]] | str | os.PathLike) -> list[dict]:
+    """COCO result records given in memory, or the path of a predictions file, as a list of
+    dicts (`load_predictions` reads the file)."""
     if isinstance(results, (str, os.PathLike)):
         return load_predictions(results)
     return [dict(record) for record in results]
@@ -215,7 +217,7 @@ def evaluate_coco(
         if iou_type not in IOU_TYPES:
             raise ValueError(f"unknown iou_type {iou_type!r}; use one of {IOU_TYPES}")
     gt = load_coco_gt(coco_gt, quiet=not print_summary)
-    records = _results_list(results)
+    records = results_list(results)
     for iou_type in iou_types:
         check_results(gt, records, iou_type)
     if not records and print_summary:
@@ -238,9 +240,15 @@ def evaluate_coco(
 # --------------------------------------------------------------------------- per class
 
 
-def _mean_valid(values: np.ndarray) -> float:
-    valid = values[values > -1]
-    return float(np.mean(valid)) if valid.size else math.nan
+def mean_over_valid(values: np.ndarray, axis: int | None = None) -> np.ndarray | float:
+    """Mean of the entries that are neither pycocotools' -1 ("no ground truth") nor NaN,
+    over `axis` (all entries when None); NaN where there are none."""
+    values = np.asarray(values, np.float64)
+    valid = (values > -1) & ~np.isnan(values)
+    total = np.where(valid, values, 0.0).sum(axis=axis)
+    count = valid.sum(axis=axis)
+    mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return float(mean) if axis is None else mean
 
 
 def per_class_ap(coco_eval: COCOeval) -> list[PerClassAP]:
@@ -267,9 +275,9 @@ def per_class_ap(coco_eval: COCOeval) -> list[PerClassAP]:
             PerClassAP(
                 int(category_id),
                 str(name),
-                _mean_valid(values),
-                _mean_valid(values[at_50]) if at_50.size else math.nan,
-                _mean_valid(values[at_75]) if at_75.size else math.nan,
+                mean_over_valid(values),
+                mean_over_valid(values[at_50]) if at_50.size else math.nan,
+                mean_over_valid(values[at_75]) if at_75.size else math.nan,
             )
         )
     return rows

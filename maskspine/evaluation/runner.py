@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from maskspine.errors import EvaluationError
 from maskspine.evaluation.coco_eval import (
     IOU_TYPES,
     EvaluationResult,
@@ -39,8 +40,9 @@ from maskspine.evaluation.coco_eval import (
     save_predictions,
 )
 from maskspine.files import write_text_atomic
-from maskspine.inference import run_detections
-from maskspine.postprocess import detections_to_instances, to_coco_results
+from maskspine.formats import to_coco_results
+from maskspine.postprocess import detections_to_instances
+from maskspine.predict import run_detections
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -53,11 +55,6 @@ METRICS_JSON = "metrics.json"
 #: The folder under a checkpoint's run directory that `evaluate_checkpoint` writes into when
 #: no output directory is given.
 DEFAULT_OUTPUT_FOLDER = "eval"
-
-
-class EvaluationError(ValueError):
-    """Evaluation input that cannot be used (e.g. a predictions file from another data set);
-    the message names the file and the fix."""
 
 
 # --------------------------------------------------------------------------- model -> results
@@ -80,9 +77,8 @@ def predict_coco_results(
             taking `{"images", "image_info"}` and returning the detection dict works.
         dataset: evaluation batches (`build_dataset(config, source, training=False)`):
             `images` [B, H, W, 3] float32, `image_info` [B, 4, 2], `image_id` [B] int64.
-        category_ids: the data set's category id of each contiguous label (label k + 1 is
-            `category_ids[k]`); `config.category_ids` of a trained model, or
-            `maskspine.data.category_ids_for_labels`.
+        category_ids: the category id of each contiguous label (label k + 1 is
+            `category_ids[k]`): `config.output_category_ids`.
         progress: show a progress bar (images).
         num_images: the progress bar's target (images in the dataset), when known.
         score_threshold: detections scoring below this are left out (the model's
@@ -95,14 +91,9 @@ def predict_coco_results(
         original pixels, `score`, `segmentation` (compressed RLE, str counts, original size).
 
     Raises:
-        EvaluationError: no category ids, or batches without `image_id`.
+        EvaluationError: batches without `image_id`.
     """
     category_ids = [int(v) for v in category_ids]
-    if not category_ids:
-        raise EvaluationError(
-            "COCO results need the data set's category id of each class: the config has no "
-            "category_ids; pass maskspine.data.category_ids_for_labels(config, categories)"
-        )
     if mask_threshold is None:
         config = getattr(model, "config", None)
         mask_threshold = float(config.test_cfg.rcnn.mask_thr_binary) if config else 0.5
@@ -197,17 +188,26 @@ def evaluation_data(
     Raises:
         FileNotFoundError / DataError: missing or unusable data (the message says which).
     """
-    from maskspine.data import build_dataset, category_ids_for_labels, prepare_source
+    from maskspine.data import build_dataset, prepare_source
 
     source = _source_or_default(config, val_data)
     prepared = prepare_source(source, training=False, seed=config.seed, data_dir=data_dir)
+    category_ids = config.output_category_ids
+    data_ids = {category_id for category_id, _ in prepared.categories}
+    unknown = [category_id for category_id in category_ids if category_id not in data_ids]
+    if unknown:
+        raise EvaluationError(
+            f"the model's classes have category ids {category_ids} (the config's category_ids, "
+            f"or 1..K when it lists none) but {prepared.name} has {sorted(data_ids)}; "
+            f"{unknown} are not among them. Give the config the data set's category_ids."
+        )
     dataset = build_dataset(
         config, source, training=False, batch_size=batch_size, data_dir=data_dir
     )
     return EvaluationData(
         dataset=dataset,
         annotations_file=ground_truth_file(config, source, data_dir=data_dir),
-        category_ids=category_ids_for_labels(config, prepared.categories),
+        category_ids=category_ids,
         num_images=prepared.num_examples,
         name=prepared.name,
     )

@@ -19,11 +19,6 @@ import numpy as np
 import tensorflow as tf
 
 
-def anchors_per_location(scales: Sequence[float], ratios: Sequence[float]) -> int:
-    """A, the number of anchors at each feature-map cell: len(ratios) * len(scales)."""
-    return len(ratios) * len(scales)
-
-
 def stride_to_level(stride: int) -> int:
     """The pyramid level of a stride (8 -> 3); strides must be powers of two."""
     level = int(round(math.log2(stride)))
@@ -88,25 +83,3 @@ def generate_anchors(
         stride_to_level(stride): tf.constant(_level_anchors(image_size, stride, scales, ratios))
         for stride in strides
     }
-
-
-def multilevel_anchors(
-    image_size: tuple[int, int],
-    strides: Sequence[int],
-    scales: Sequence[float],
-    ratios: Sequence[float],
-) -> tuple[tf.Tensor, list[int]]:
-    """All levels' anchors concatenated in increasing stride order.
-
-    Args:
-        As `generate_anchors`.
-    Returns:
-        anchors: [sum_l H_l * W_l * A, 4] float32 yxyx input pixels; the order matches the
-            RPN outputs of each level flattened and concatenated in the order of `strides`
-            sorted ascending.
-        counts: H_l * W_l * A of each level, in the same order (for `tf.split`).
-    """
-    per_level = generate_anchors(image_size, sorted(strides), scales, ratios)
-    levels = sorted(per_level)
-    counts = [int(per_level[level].shape[0]) for level in levels]
-    return tf.concat([per_level[level] for level in levels], axis=0), counts

@@ -1,9 +1,9 @@
-"""Box arithmetic shared by the whole model: areas, IoU, delta coding, clipping, format converters.
+"""Box arithmetic of the model (graph code): areas, IoU, delta coding, clipping.
 
 Inside the model boxes are `yxyx` in absolute pixels of the network input, float32, with
 any number of leading dimensions: `[..., 4]` = (y1, x1, y2, x2). Heights and widths are
-`y2 - y1` and `x2 - x1` (continuous coordinates, no "+1"). Files use COCO `xywh`; the two
-converters at the end of this module are the one way to go between the formats.
+`y2 - y1` and `x2 - x1` (continuous coordinates, no "+1"). Files use COCO `xywh`; the
+converters between the two are host code, in `maskspine.boxes`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import tensorflow as tf
 
 #: mmdetection's default bound on |dh|, |dw| when decoding: exp(max_ratio) = 1000 / 16.
@@ -54,35 +53,26 @@ def pairwise_intersection(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
     return size[..., 0] * size[..., 1]
 
 
-def pairwise_iou(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
-    """Intersection over union of every pair of boxes.
+def pairwise_overlaps(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Intersection over union and intersection over the first box's area of every pair,
+    from one intersection.
+
+    The second is what pycocotools calls IoU with a crowd region (mmdetection's "iof"); the
+    assigners use it to ignore anchors and proposals inside crowd regions.
 
     Args:
         boxes1: [..., N, 4] yxyx.
         boxes2: [..., M, 4] yxyx; leading dimensions broadcast with those of `boxes1`.
     Returns:
-        [..., N, M] IoU in [0, 1]; 0 where the union is empty.
+        (iou, ioa): [..., N, M] each, in [0, 1]; 0 where the union (the first box's area)
+        is empty.
     """
     boxes1 = tf.convert_to_tensor(boxes1)
     boxes2 = tf.convert_to_tensor(boxes2, dtype=boxes1.dtype)
     intersection = pairwise_intersection(boxes1, boxes2)
-    union = box_area(boxes1)[..., :, None] + box_area(boxes2)[..., None, :] - intersection
-    return tf.math.divide_no_nan(intersection, union)
-
-
-def pairwise_ioa(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
-    """Intersection over the area of the first box of every pair (what pycocotools calls
-    IoU with a crowd region, and mmdetection "iof").
-
-    Args:
-        boxes1: [..., N, 4] yxyx; the denominator is the area of these boxes.
-        boxes2: [..., M, 4] yxyx.
-    Returns:
-        [..., N, M] in [0, 1]; 0 where the box of `boxes1` has no area.
-    """
-    boxes1 = tf.convert_to_tensor(boxes1)
-    intersection = pairwise_intersection(boxes1, boxes2)
-    return tf.math.divide_no_nan(intersection, box_area(boxes1)[..., :, None])
+    areas1 = box_area(boxes1)[..., :, None]
+    union = areas1 + box_area(boxes2)[..., None, :] - intersection
+    return tf.math.divide_no_nan(intersection, union), tf.math.divide_no_nan(intersection, areas1)
 
 
 def _centres_and_sizes(boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -185,49 +175,3 @@ def clip_boxes(boxes: tf.Tensor, image_shape) -> tf.Tensor:
         image_shape = tf.expand_dims(image_shape, -2)
     limits = tf.concat([image_shape, image_shape], axis=-1)  # (h, w, h, w)
     return tf.minimum(tf.maximum(boxes, 0.0), limits)
-
-
-def _is_tensor(boxes) -> bool:
-    return isinstance(boxes, (tf.Tensor, tf.Variable))
-
-
-def yxyx_to_xywh(boxes):
-    """(y1, x1, y2, x2) -> COCO (x, y, width, height).
-
-    Args:
-        boxes: [..., 4], a numpy array (or nested list) or a TensorFlow tensor.
-    Returns:
-        [..., 4] of the same kind (numpy in, numpy out; tensor in, tensor out). Float
-        inputs keep their dtype; other inputs become float32.
-    """
-    if _is_tensor(boxes):
-        if not boxes.dtype.is_floating:
-            boxes = tf.cast(boxes, tf.float32)
-        y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=-1)
-        return tf.stack([x1, y1, x2 - x1, y2 - y1], axis=-1)
-    boxes = np.asarray(boxes)
-    if not np.issubdtype(boxes.dtype, np.floating):
-        boxes = boxes.astype(np.float32)
-    y1, x1, y2, x2 = (boxes[..., i] for i in range(4))
-    return np.stack([x1, y1, x2 - x1, y2 - y1], axis=-1)
-
-
-def xywh_to_yxyx(boxes):
-    """COCO (x, y, width, height) -> (y1, x1, y2, x2).
-
-    Args:
-        boxes: [..., 4], a numpy array (or nested list) or a TensorFlow tensor.
-    Returns:
-        [..., 4] of the same kind (numpy in, numpy out; tensor in, tensor out). Float
-        inputs keep their dtype; other inputs become float32.
-    """
-    if _is_tensor(boxes):
-        if not boxes.dtype.is_floating:
-            boxes = tf.cast(boxes, tf.float32)
-        x, y, w, h = tf.unstack(boxes, 4, axis=-1)
-        return tf.stack([y, x, y + h, x + w], axis=-1)
-    boxes = np.asarray(boxes)
-    if not np.issubdtype(boxes.dtype, np.floating):
-        boxes = boxes.astype(np.float32)
-    x, y, w, h = (boxes[..., i] for i in range(4))
-    return np.stack([y, x, y + h, x + w], axis=-1)

@@ -73,14 +73,17 @@ def detect_boxes(
 
 
 def select_class_masks(mask_logits: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
-    """Each RoI's mask logits for its own class.
+    """Each RoI's mask channel for its own class (the one pick, for inference and the loss).
 
     Args:
-        mask_logits: [B, K, M, M, C] (channels last, one channel per class incl. background).
-        classes: [B, K] int32 contiguous class of each RoI (0 allowed for padding).
+        mask_logits: [B, K, M, M, C] (channels last, one channel per class incl. background;
+            C = 1 for a class-agnostic head, whose one channel every RoI takes).
+        classes: [B, K] int contiguous class of each RoI (0 or negative for padding: channel 0).
 
     Returns:
-        [B, K, M, M] logits.
+        [B, K, M, M], the dtype of `mask_logits`.
     """
-    per_class_first = tf.transpose(mask_logits, [0, 1, 4, 2, 3])  # [B, K, C, M, M]
-    return tf.gather(per_class_first, tf.maximum(classes, 0), batch_dims=2)
+    if mask_logits.shape[-1] == 1:
+        return mask_logits[..., 0]
+    channel = tf.maximum(tf.cast(classes, tf.int32), 0)
+    return tf.gather(mask_logits, channel, axis=4, batch_dims=2)

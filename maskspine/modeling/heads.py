@@ -64,17 +64,6 @@ def _run_stack(stack: list[layers.Layer], x, training):
     return x
 
 
-def _run_stack(stack: list[layers.Layer], x, training):
-    """Applies conv / BN / ReLU layers in order; BatchNorm gets the training flag."""
-    for layer in stack:
-        x = (
-            layer(x, training=training)
-            if isinstance(layer, layers.BatchNormalization)
-            else layer(x)
-        )
-    return x
-
-
 @keras.saving.register_keras_serializable(package="maskspine")
 class BoxHead(layers.Layer):
     """Box head: `num_shared_convs` 3x3 conv-BN-ReLU, flatten, `num_shared_fcs` FC-ReLU,

@@ -110,6 +110,15 @@ def conv_bn(
     return x
 
 
+def _join(shortcut, branch, stochastic_depth_rate: float, activation: str, name: str):
+    """The end of a residual or bottleneck block: the branch (dropped per sample with
+    stochastic depth) added to the shortcut, then the activation."""
+    if stochastic_depth_rate:
+        branch = StochasticDepth(stochastic_depth_rate, name=f"{name}_drop")(branch)
+    merged = layers.Add(name=f"{name}_add")([shortcut, branch])
+    return layers.Activation(activation, name=f"{name}_out")(merged)
+
+
 def residual_block(
     x,
     filters: int,
@@ -132,10 +141,7 @@ def residual_block(
         )
     y = conv_bn(x, filters, 3, strides=strides, activation=activation, name=f"{name}_1", **common)
     y = conv_bn(y, filters, 3, activation=None, name=f"{name}_2", **common)
-    if stochastic_depth_rate:
-        y = StochasticDepth(stochastic_depth_rate, name=f"{name}_drop")(y)
-    y = layers.Add(name=f"{name}_add")([shortcut, y])
-    return layers.Activation(activation, name=f"{name}_out")(y)
+    return _join(shortcut, y, stochastic_depth_rate, activation, name)
 
 
 def bottleneck_block(
@@ -161,7 +167,4 @@ def bottleneck_block(
     y = conv_bn(x, filters, 1, activation=activation, name=f"{name}_1", **common)
     y = conv_bn(y, filters, 3, strides=strides, activation=activation, name=f"{name}_2", **common)
     y = conv_bn(y, 4 * filters, 1, activation=None, name=f"{name}_3", **common)
-    if stochastic_depth_rate:
-        y = StochasticDepth(stochastic_depth_rate, name=f"{name}_drop")(y)
-    y = layers.Add(name=f"{name}_add")([shortcut, y])
-    return layers.Activation(activation, name=f"{name}_out")(y)
+    return _join(shortcut, y, stochastic_depth_rate, activation, name)

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
+from maskspine.modeling.detection import select_class_masks
+
 __all__ = ["mask_loss", "rcnn_losses", "rpn_losses", "smooth_l1"]
 
 
@@ -75,8 +77,7 @@ def rpn_losses(
     cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
     cls_loss = tf.reduce_sum(cross_entropy * sample_weight) / num_samples
 
-    diff = tf.cast(box_deltas, tf.float32) - tf.cast(targets["box_deltas"], tf.float32)
-    box_loss = tf.reduce_sum(smooth_l1(diff, beta) * positive_weight[..., None]) / num_samples
+    box_loss = _box_loss(box_deltas, targets["box_deltas"], positive_weight, beta, num_samples)
     return {
         "rpn_cls_loss": _scale(cls_weight) * cls_loss,
         "rpn_box_loss": _scale(box_weight) * box_loss,
@@ -135,9 +136,8 @@ def rcnn_losses(
             "box_deltas must be [B, S, num_classes, 4] (class-specific) or [B, S, 4] "
             f"(class-agnostic), got shape {deltas.shape}."
         )
-    diff = deltas - tf.cast(box_targets, tf.float32)
     weight = tf.cast(positive_weight, tf.float32) * valid
-    box_loss = tf.reduce_sum(smooth_l1(diff, beta) * weight[..., None]) / num_rois
+    box_loss = _box_loss(deltas, box_targets, weight, beta, num_rois)
     return {
         "rcnn_cls_loss": _scale(cls_weight) * cls_loss,
         "rcnn_box_loss": _scale(box_weight) * box_loss,
@@ -169,14 +169,9 @@ def mask_loss(
     Returns:
         {"mask_loss": float32 scalar}.
     """
-    logits = tf.cast(mask_logits, tf.float32)
-    num_channels = logits.shape[-1]
     positive = tf.cast(positive, tf.bool)
-    if num_channels == 1:
-        class_logits = logits[..., 0]
-    else:
-        channel = tf.where(positive, tf.cast(class_targets, tf.int32), 0)
-        class_logits = tf.gather(logits, channel, axis=4, batch_dims=2)  # [B, K, M, M]
+    channel = tf.where(positive, tf.cast(class_targets, tf.int32), 0)
+    class_logits = tf.cast(select_class_masks(mask_logits, channel), tf.float32)  # [B, K, M, M]
     targets = tf.cast(mask_targets, tf.float32)
     cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=class_logits)
     pixel_weight = tf.cast(positive, tf.float32)[:, :, None, None]
@@ -184,6 +179,13 @@ def mask_loss(
     num_pixels = tf.maximum(tf.reduce_sum(pixel_weight) * pixels_per_mask, 1.0)
     loss = tf.reduce_sum(cross_entropy * pixel_weight) / num_pixels
     return {"mask_loss": _scale(weight) * loss}
+
+
+def _box_loss(deltas, targets, weight, beta: float, normaliser) -> tf.Tensor:
+    """Smooth L1 of [..., 4] deltas against their targets, weighted per box ([...]) and
+    summed over the batch, divided by `normaliser`."""
+    diff = tf.cast(deltas, tf.float32) - tf.cast(targets, tf.float32)
+    return tf.reduce_sum(smooth_l1(diff, beta) * weight[..., None]) / normaliser
 
 
 def _scale(loss_weight: float | tf.Tensor) -> tf.Tensor:

@@ -1,7 +1,7 @@
 """Mask R-CNN on a SpineNet backbone, as one Keras model.
 
     model = build_mask_rcnn(config)
-    outputs = model(images)            # inference dict (ARCHITECTURE.md)
+    outputs = model(images)            # inference dict (docs/architecture.md)
     losses = model.compute_losses(batch, training=True)
     model.compile(optimizer=...); model.fit(dataset)   # train_step uses compute_losses
 
@@ -255,7 +255,7 @@ class MaskRCNN(keras.Model):
     def detection_masks(self, features, boxes, classes) -> tf.Tensor:
         """[B, D, 28, 28] mask probabilities of each detection's own class."""
         mask_logits = self.mask_head(self.mask_features(features, boxes), training=False)
-        return tf.sigmoid(select_class_masks(tf.cast(mask_logits, tf.float32), classes))
+        return tf.sigmoid(tf.cast(select_class_masks(mask_logits, classes), tf.float32))
 
     # ------------------------------------------------------------------ inference
 
@@ -278,7 +278,7 @@ class MaskRCNN(keras.Model):
     def compute_losses(
         self, batch: dict[str, tf.Tensor], training: bool = True
     ) -> dict[str, tf.Tensor]:
-        """All losses for a training batch (ARCHITECTURE.md's batch dict).
+        """All losses for a training batch (docs/architecture.md's batch dict).
 
         Returns:
             float32 scalars: `loss` (the weighted sum), `rpn_cls_loss`, `rpn_box_loss`,
@@ -394,6 +394,7 @@ class MaskRCNN(keras.Model):
         # Keras (3.15) averages one distributed batch over the replicas to build an unbuilt
         # model; TF cannot average bool tensors nor MultiWorkerMirroredStrategy's per-replica
         # dicts. Model and optimizer are built already (__init__, compile): nothing to do.
+        # A private Keras method: pyproject.toml caps keras below the next minor release.
         if self.built and (self.optimizer is None or self.optimizer.built):
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)

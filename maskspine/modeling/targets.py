@@ -18,12 +18,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from maskspine.modeling.box_ops import box_area, encode_boxes, pairwise_intersection
-
-RPN_MEANS = (0.0, 0.0, 0.0, 0.0)
-RPN_STDS = (1.0, 1.0, 1.0, 1.0)
-RCNN_MEANS = (0.0, 0.0, 0.0, 0.0)
-RCNN_STDS = (0.1, 0.1, 0.2, 0.2)
+from maskspine.modeling.box_ops import encode_boxes, pairwise_overlaps
 
 
 def assign_max_iou(
@@ -76,10 +71,7 @@ def assign_max_iou(
         boxes_valid = tf.ones(tf.shape(boxes)[:2], tf.bool)
     boxes_valid = tf.cast(boxes_valid, tf.bool)
 
-    intersection = pairwise_intersection(boxes, gt_boxes)  # [B, N, G]
-    areas = box_area(boxes)  # [B, N]
-    union = areas[:, :, None] + box_area(gt_boxes)[:, None, :] - intersection
-    iou = tf.math.divide_no_nan(intersection, union)
+    iou, ioa = pairwise_overlaps(boxes, gt_boxes)  # [B, N, G] each
 
     matchable = gt_valid & ~gt_is_crowd  # [B, G]
     # -1 keeps unmatchable gts below every real IoU (real IoUs are >= 0).
@@ -105,7 +97,6 @@ def assign_max_iou(
     labels = tf.where(positive, 1, tf.where(negative, 0, -1))
 
     crowd = gt_valid & gt_is_crowd
-    ioa = tf.math.divide_no_nan(intersection, areas[:, :, None])
     crowd_ioa = tf.reduce_max(tf.where(crowd[:, None, :], ioa, 0.0), axis=2)
     labels = tf.where((labels == 0) & (crowd_ioa >= crowd_ioa_thr), -1, labels)
     labels = tf.where(boxes_valid, labels, -1)
@@ -226,8 +217,8 @@ def rpn_targets(
     pos_fraction: float = 0.5,
     neg_pos_ub: float = -1,
     add_gt_as_proposals: bool = False,
-    means: Sequence[float] = RPN_MEANS,
-    stds: Sequence[float] = RPN_STDS,
+    means: Sequence[float],
+    stds: Sequence[float],
     seed=None,
 ) -> dict[str, tf.Tensor]:
     """Objectness and box targets for every anchor (defaults: the reference's train_cfg.rpn).
@@ -236,7 +227,7 @@ def rpn_targets(
     whose centre lies outside `image_shape` (in the padding) are ignored.
 
     Args:
-        anchors: [A, 4] yxyx input pixels, all levels concatenated (`multilevel_anchors`).
+        anchors: [A, 4] yxyx input pixels, all levels concatenated in increasing level order.
         gt_boxes: [B, G, 4] yxyx input pixels, padding -1.
         gt_classes: [B, G] int32; rows with class <= 0 are padding.
         gt_is_crowd: [B, G] bool.
@@ -310,8 +301,8 @@ def rcnn_targets(
     pos_fraction: float = 0.25,
     neg_pos_ub: float = -1,
     add_gt_as_proposals: bool = True,
-    means: Sequence[float] = RCNN_MEANS,
-    stds: Sequence[float] = RCNN_STDS,
+    means: Sequence[float],
+    stds: Sequence[float],
     seed=None,
 ) -> dict[str, tf.Tensor]:
     """Sample RoIs from the proposals and give them class and box targets (defaults: the

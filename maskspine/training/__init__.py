@@ -3,6 +3,6 @@
 `maskspine.training.trainer.train` runs it (that module imports TensorFlow; this one does not).
 """
 
+from maskspine.errors import TrainingError
 
-class TrainingError(RuntimeError):
-    """Training stopped for a reason the user can act on (the message says which)."""
+__all__ = ["TrainingError"]

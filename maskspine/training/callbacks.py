@@ -18,11 +18,9 @@ from maskspine.checkpoints import (
     STATE_FILE,
     WEIGHTS_SUFFIX,
     periodic_checkpoint_path,
-    read_json,
     save_weights_atomic,
-    write_json_atomic,
 )
-from maskspine.files import write_text_atomic
+from maskspine.files import read_json, write_json_atomic, write_text_atomic
 from maskspine.training.optimizer import current_learning_rate
 
 logger = logging.getLogger("maskspine.train")
@@ -355,7 +353,7 @@ def import_mlflow():
         import mlflow
     except ImportError:
         raise TrainingError(
-            "mlflow: true in the config but MLflow is not installed; `pip install mlflow`, "
-            "or set mlflow: false"
+            "mlflow: true in the config but MLflow is not installed: `pip install mlflow` "
+            "(or the extra, `pip install -e \".[mlflow]\"`), or set mlflow: false"
         ) from None
     return mlflow

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 
 import numpy as np
 import pytest
-import tensorflow as tf
-from PIL import Image
 from pycocotools.coco import COCO
 
 from maskspine.data import CocoSource, DataError, load_categories
@@ -19,9 +16,7 @@ from maskspine.data.coco import (
     decode_annotation,
     inspect_source,
     iter_examples,
-    read_image_bytes,
 )
-from maskspine.data.pipeline import decode_image
 
 
 def _read_all(folder):
@@ -137,47 +132,6 @@ def test_rle_of_another_size_is_dropped():
     }
     instance, problems = decode_annotation(annotation, 20, 20)
     assert instance is None and "not the image's 20x20" in problems[0].message
-
-
-@pytest.mark.parametrize(
-    ("mode", "fmt"),
-    [
-        ("RGB", "JPEG"),
-        ("L", "JPEG"),
-        ("CMYK", "JPEG"),
-        ("RGB", "PNG"),
-        ("L", "PNG"),
-        ("RGBA", "PNG"),
-        ("LA", "PNG"),
-        ("P", "PNG"),
-        ("I;16", "PNG"),
-        ("RGB", "BMP"),
-    ],
-)
-def test_every_image_mode_reads_as_rgb(tmp_path, mode, fmt):
-    rng = np.random.default_rng(1)
-    rgb = Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8))
-    if mode == "P":
-        image = rgb.convert("P", palette=Image.ADAPTIVE, colors=8)
-    elif mode == "I;16":
-        image = Image.fromarray(rng.integers(0, 65535, (12, 16), dtype=np.uint16))
-    else:
-        image = rgb.convert(mode)
-    path = tmp_path / f"image.{fmt.lower()}"
-    image.save(path, format=fmt)
-    encoded, height, width = read_image_bytes(path)
-    assert (height, width) == (12, 16)
-    decoded = decode_image(tf.constant(encoded)).numpy()
-    # Reference: PIL's own conversion to RGB of the file as stored.
-    expected = np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB"))
-    if mode == "I;16":  # 16-bit grayscale: the high byte of each value
-        expected = np.repeat((np.asarray(image, np.int64) >> 8)[..., None], 3, axis=-1)
-    assert decoded.shape == (12, 16, 3)
-    difference = np.abs(decoded.astype(int) - expected.astype(int))
-    if fmt == "JPEG":  # TF's and PIL's JPEG decoders round the inverse DCT differently
-        assert difference.max() <= 8 and difference.mean() < 2
-    else:
-        assert difference.max() == 0
 
 
 def test_inspect_lists_statistics_and_problems(messy_folder):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from maskspine.cli.main import app
 from PIL import Image
 from typer.testing import CliRunner
+
+from maskspine.cli.main import app
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from evaluation_fixtures import (
     write_ground_truth,
 )
 
-from maskspine import postprocess
+from maskspine import formats, postprocess
 from maskspine.evaluation import (
     STAT_NAMES,
     evaluate_coco,
@@ -113,7 +113,7 @@ def test_model_outputs_through_postprocess_give_ap_one(gt_path):
             [[height, width], [height * scale, width * scale], [scale, scale], [0, 0]], np.float32
         )
         instances = postprocess.detections_to_instances(outputs, image_info)
-        results += postprocess.to_coco_results(instances, image_id, category_ids)
+        results += formats.to_coco_results(instances, image_id, category_ids)
     stats = evaluate_coco(gt_path, results, print_summary=False)
     assert stats["bbox"]["AP"] == pytest.approx(1.0)
     assert stats["segm"]["AP"] == pytest.approx(1.0)

@@ -13,6 +13,19 @@ RPN_ASSIGNER = dict(pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3)
 PAD = [-1.0, -1.0, -1.0, -1.0]
 
 
+#: The coders of the reference's config (rpn.bbox_coder, bbox_head.bbox_coder).
+RPN_CODER = {"means": (0.0, 0.0, 0.0, 0.0), "stds": (1.0, 1.0, 1.0, 1.0)}
+RCNN_CODER = {"means": (0.0, 0.0, 0.0, 0.0), "stds": (0.1, 0.1, 0.2, 0.2)}
+
+
+def _rpn_targets(*args, **kwargs):
+    return targets.rpn_targets(*args, **{**RPN_CODER, **kwargs})
+
+
+def _rcnn_targets(*args, **kwargs):
+    return targets.rcnn_targets(*args, **{**RCNN_CODER, **kwargs})
+
+
 def numpy_iou(a, b):
     """IoU and intersection-over-area-of-a, [N, M], by explicit loops."""
     iou = np.zeros((len(a), len(b)), np.float32)
@@ -252,7 +265,7 @@ def test_rpn_targets_tiny_hand_case():
     gt_crowd = tf.zeros([2, 2], tf.bool)
     # Image 1 only fills the top 16 rows of the input: anchors 2 and 3 are in the padding.
     image_shape = tf.constant([[32, 32], [16, 32]], tf.float32)
-    out = targets.rpn_targets(
+    out = _rpn_targets(
         anchors, gt_boxes, gt_classes, gt_crowd, image_shape, num=4, pos_fraction=0.5, seed=0
     )
     # Image 0: IoU(anchor 0, gt) = 256 / 320 = 0.8 -> positive; anchor 1: 64 / 512 -> negative.
@@ -269,7 +282,7 @@ def test_rpn_targets_tiny_hand_case():
 def test_rpn_targets_rejects_add_gt_as_proposals():
     anchors = generate_anchors((32, 32), [16], [1.0], [1.0])[4]
     with pytest.raises(ValueError, match="add_gt_as_proposals"):
-        targets.rpn_targets(
+        _rpn_targets(
             anchors,
             tf.constant([[PAD]]),
             tf.constant([[-1]]),
@@ -287,7 +300,7 @@ def test_rcnn_targets_tiny_hand_case():
     gt_boxes = tf.constant([[[0, 0, 10, 12], [60, 60, 70, 70], PAD]], tf.float32)
     gt_classes = tf.constant([[5, 2, -1]])
     gt_crowd = tf.constant([[False, True, False]])
-    out = targets.rcnn_targets(
+    out = _rcnn_targets(
         proposals,
         proposals_valid,
         gt_boxes,
@@ -325,7 +338,7 @@ def test_add_gt_as_proposals_makes_every_gt_positive():
     gt_classes = tf.constant([[1, 4, 2, -1]])
     gt_crowd = tf.constant([[False, False, True, False]])
     proposals = tf.constant([[[80, 80, 90, 90], [100, 0, 120, 30]]], tf.float32)
-    out = targets.rcnn_targets(
+    out = _rcnn_targets(
         proposals,
         tf.constant([[True, True]]),
         gt_boxes,
@@ -462,8 +475,8 @@ def test_everything_runs_inside_tf_function():
 
     @tf.function
     def compute(proposals):
-        rpn = targets.rpn_targets(anchors, gt_boxes, gt_classes, gt_crowd, image_shape, num=32)
-        rcnn = targets.rcnn_targets(
+        rpn = _rpn_targets(anchors, gt_boxes, gt_classes, gt_crowd, image_shape, num=32)
+        rcnn = _rcnn_targets(
             proposals, tf.ones([2, 20], tf.bool), gt_boxes, gt_classes, gt_crowd, num=64
         )
         masks = targets.mask_targets(

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from maskspine.cli.main import app
 from model_fixtures import REPO, RUN_OVERRIDES
 from typer.testing import CliRunner
+
+from maskspine.cli.main import app
 
 CONFIG = os.path.join(REPO, "configs", "shapes_demo.yaml")
 

@@ -246,9 +246,9 @@ def test_mlflow_missing_is_a_clear_error(monkeypatch):
 
 
 def test_resume_with_set_extends_the_run_and_records_the_change(run_copy, monkeypatch):
-    from maskspine.cli.main import app
     from typer.testing import CliRunner
 
+    from maskspine.cli.main import app
     from maskspine.training import trainer
 
     starts = []  # the batch each fit's data starts at
@@ -276,8 +276,9 @@ def test_resume_with_set_extends_the_run_and_records_the_change(run_copy, monkey
 
 
 def test_resume_refuses_changes_the_checkpoints_depend_on(run_copy):
-    from maskspine.cli.main import app
     from typer.testing import CliRunner
+
+    from maskspine.cli.main import app
 
     before = sorted(p.name for p in run_copy.rglob("*"))
     result = CliRunner().invoke(

@@ -1,0 +1,51 @@
+"""What the commands share: the one mapping of user errors to `error:` lines, help texts.
+
+Every command function is wrapped in `user_errors`: an error of `maskspine.errors` (bad
+config, data, checkpoint, input file, ...) or a missing path is printed as one line on
+stderr, `error: <message>`, with exit code 2, never a traceback. Importing this module
+does not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
+import typer
+
+from maskspine.errors import USER_ERRORS
+
+F = TypeVar("F", bound=Callable)
+
+CONFIG_HELP = (
+    "A config overriding the model and test settings saved with the checkpoint "
+    "(optional: the run directory's config.yaml is used)."
+)
+CHECKPOINT_HELP = "A .weights.h5 file, or a run directory (its best checkpoint, else its latest)."
+SET_HELP = "Config override KEY=VALUE (repeatable), e.g. --set test_cfg.rcnn.score_thr=0.3."
+DATA_DIR_HELP = (
+    "Where generated and prepared data go (default $MASKSPINE_DATA_DIR or ~/.cache/maskspine)."
+)
+
+
+def user_errors(function: F) -> F:
+    """Turns the errors a user can act on into one line on stderr, exit code 2."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except USER_ERRORS as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def report_failures(failures: list[tuple[str, str]], what: str) -> None:
+    """Names every failed item on stderr, then a count."""
+    for path, reason in failures:
+        typer.echo(f"skipped {path}: {reason}", err=True)
+    if failures:
+        typer.echo(f"{len(failures)} image(s) could not be {what}", err=True)

@@ -1,0 +1,47 @@
+"""Box format converters, numpy, on the host: the one way between the model's boxes and the
+files' boxes.
+
+Inside the model boxes are `yxyx` (y1, x1, y2, x2) in absolute pixels; files (COCO
+annotations and results, the reference's inference JSON) use COCO `xywh` (x, y, width,
+height). Graph code (`maskspine.modeling.box_ops`) never converts: conversion happens at
+the edges, after the model or when reading a file. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _as_float_array(boxes) -> np.ndarray:
+    boxes = np.asarray(boxes)
+    if not np.issubdtype(boxes.dtype, np.floating):
+        boxes = boxes.astype(np.float32)
+    if boxes.shape[-1:] != (4,):
+        raise ValueError(f"boxes must be [..., 4], got shape {boxes.shape}")
+    return boxes
+
+
+def yxyx_to_xywh(boxes) -> np.ndarray:
+    """(y1, x1, y2, x2) -> COCO (x, y, width, height).
+
+    Args:
+        boxes: [..., 4] array-like. Float inputs keep their dtype; others become float32.
+    Returns:
+        [..., 4] numpy array.
+    """
+    boxes = _as_float_array(boxes)
+    y1, x1, y2, x2 = (boxes[..., i] for i in range(4))
+    return np.stack([x1, y1, x2 - x1, y2 - y1], axis=-1)
+
+
+def xywh_to_yxyx(boxes) -> np.ndarray:
+    """COCO (x, y, width, height) -> (y1, x1, y2, x2).
+
+    Args:
+        boxes: [..., 4] array-like. Float inputs keep their dtype; others become float32.
+    Returns:
+        [..., 4] numpy array.
+    """
+    boxes = _as_float_array(boxes)
+    x, y, w, h = (boxes[..., i] for i in range(4))
+    return np.stack([y, x, y + h, x + w], axis=-1)
