@@ -354,6 +354,6 @@ def import_mlflow():
     except ImportError:
         raise TrainingError(
             "mlflow: true in the config but MLflow is not installed: `pip install mlflow` "
-            "(or the extra, `pip install -e \".[mlflow]\"`), or set mlflow: false"
+            '(or the extra, `pip install -e ".[mlflow]"`), or set mlflow: false'
         ) from None
     return mlflow
