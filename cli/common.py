@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from enum import Enum
 from typing import TypeVar
 
 import typer
@@ -24,9 +25,27 @@ CONFIG_HELP = (
 )
 CHECKPOINT_HELP = "A .weights.h5 file, or a run directory (its best checkpoint, else its latest)."
 SET_HELP = "Config override KEY=VALUE (repeatable), e.g. --set test_cfg.rcnn.score_thr=0.3."
+PRECISION_HELP = (
+    "Compute in float32, bfloat16, float16 or auto (the config's `precision`; default: the "
+    "saved config's)."
+)
 DATA_DIR_HELP = (
     "Where generated and prepared data go (default $MASKSPINE_DATA_DIR or ~/.cache/maskspine)."
 )
+
+
+class Precision(str, Enum):
+    """`--precision` values: the config's `precision` (maskspine/precision.py)."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    auto = "auto"
+
+
+def precision_override(precision: Precision | None) -> list[str]:
+    """`--precision P` as the config override it stands for (none when not given)."""
+    return [] if precision is None else [f"precision={precision.value}"]
 
 
 def user_errors(function: F) -> F:

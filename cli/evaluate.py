@@ -18,7 +18,16 @@ from typing import Annotated
 
 import typer
 
-from maskspine.cli.common import CHECKPOINT_HELP, CONFIG_HELP, DATA_DIR_HELP, SET_HELP, user_errors
+from maskspine.cli.common import (
+    CHECKPOINT_HELP,
+    CONFIG_HELP,
+    DATA_DIR_HELP,
+    PRECISION_HELP,
+    SET_HELP,
+    Precision,
+    precision_override,
+    user_errors,
+)
 
 
 @user_errors
@@ -59,6 +68,7 @@ def eval_command(
         typer.Option("--batch-size", min=1, help="Images per model call (default: config)."),
     ] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)] = None,
+    precision: Annotated[Precision | None, typer.Option("--precision", help=PRECISION_HELP)] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)] = None,
 ) -> None:
     """Evaluate a checkpoint with the COCO metrics (bbox and segm), per class too."""
@@ -67,7 +77,7 @@ def eval_command(
     evaluate_checkpoint(
         checkpoint,
         config,
-        overrides or [],
+        [*(overrides or []), *precision_override(precision)],
         val_data=val_data,
         predictions=predictions,
         output_dir=output,

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from maskspine.cli.common import SET_HELP, user_errors
+from maskspine.cli.common import SET_HELP, Precision, precision_override, user_errors
 
 
 class InputType(str, Enum):
@@ -80,6 +80,14 @@ def export_command(
             help="Also output detection_masks_image: uint8 masks pasted into the original image.",
         ),
     ] = False,
+    precision: Annotated[
+        Precision | None,
+        typer.Option(
+            "--precision",
+            help="Compute in this precision (the config's `precision`; default: the saved "
+            "config's). Inputs stay uint8 / strings, outputs float32.",
+        ),
+    ] = None,
     overrides: Annotated[
         list[str] | None,
         typer.Option("--set", help=SET_HELP),
@@ -91,8 +99,9 @@ def export_command(
 
     # Checked before loading the model: fails in a second instead of after the build.
     target_version = free_version(output, version)
-    model, loaded_config, weights = load_model(checkpoint, config, overrides or ())
-    typer.echo(f"loaded {weights}")
+    overrides = [*(overrides or []), *precision_override(precision)]
+    model, loaded_config, weights = load_model(checkpoint, config, overrides)
+    typer.echo(f"loaded {weights} ({model.precision})")
     result = export_saved_model(
         model,
         loaded_config,

@@ -18,7 +18,10 @@ import typer
 from maskspine.cli.common import (
     CHECKPOINT_HELP,
     CONFIG_HELP,
+    PRECISION_HELP,
     SET_HELP,
+    Precision,
+    precision_override,
     report_failures,
     user_errors,
 )
@@ -46,6 +49,7 @@ def infer_command(
         int | None,
         typer.Option("--batch-size", min=1, help="Images per model call (default: config)."),
     ] = None,
+    precision: Annotated[Precision | None, typer.Option("--precision", help=PRECISION_HELP)] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)] = None,
 ) -> None:
     """Predict instances in images: JSON keyed by image path, as the reference writes it."""
@@ -55,7 +59,8 @@ def infer_command(
     from maskspine.predict import predict_images
 
     images = find_images(input)
-    model, model_config, weights = load_model(checkpoint, config, overrides or [])
+    overrides = [*(overrides or []), *precision_override(precision)]
+    model, model_config, weights = load_model(checkpoint, config, overrides)
     typer.echo(f"Loaded {weights}; {len(images)} image(s) from {input}")
     entries, failures = predict_images(
         model,

@@ -23,6 +23,7 @@ import yaml
 
 from maskspine.errors import ConfigError
 from maskspine.files import write_text_atomic
+from maskspine.precision import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ class Config:
     eval_every: int = 1
     finetune: int = 0
     pre_trained: str = ""
-    mixed_precision: bool = False
+    precision: str = "float32"
     seed: int = 0
     deterministic: bool = False
     log_every: int = 100
@@ -405,9 +406,27 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> Conf
             "%s: ignoring keys that only apply to MindSpore: %s", source, ", ".join(ignored)
         )
     data = {key: value for key, value in data.items() if key not in MINDSPORE_ONLY_KEYS}
+    data = _fold_mixed_precision(data, source)
     config = _build(Config(), data, source=source, prefix="")
     validate(config, source=source)
     return config
+
+
+def _fold_mixed_precision(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """The reference's `mixed_precision: True / False` as `precision`: True is `auto`
+    (mixed precision where the hardware runs it natively), unless `precision` is given."""
+    if "mixed_precision" not in data:
+        return data
+    data = dict(data)
+    value = data.pop("mixed_precision")
+    if not isinstance(value, (bool, int)) or value not in (0, 1):
+        raise ConfigError(
+            f"{source}: mixed_precision = {value!r} has the wrong type: expected bool "
+            "(or use precision: float32 | bfloat16 | float16 | auto)"
+        )
+    if value and "precision" not in data:
+        data["precision"] = "auto"
+    return data
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
@@ -466,7 +485,7 @@ RESUME_FROZEN_KEYS = (
     "mask_crop_size",
     "opt_type",
     "accumulate_step",
-    "mixed_precision",
+    "precision",
     "batch_size",
     "steps_per_epoch",
     "train_dataset",
@@ -561,7 +580,11 @@ def validate(config: Config, *, source: str = "<config>") -> None:
             raise ConfigError(
                 f"{source}: {key}.type must be one of {', '.join(NORM_TYPES)}, got {norm.type!r}"
             )
-    choices = {"opt_type": ("sgd", "adam", "adamw"), "lr_type": ("multistep", "cosine")}
+    choices = {
+        "opt_type": ("sgd", "adam", "adamw"),
+        "lr_type": ("multistep", "cosine"),
+        "precision": PRECISIONS,
+    }
     for key, allowed in choices.items():
         if getattr(config, key) not in allowed:
             raise ConfigError(

@@ -45,6 +45,7 @@ The class names and category ids travel with the export in `assets/labels.json` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -397,7 +398,9 @@ def export_saved_model(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         with tempfile.TemporaryDirectory(prefix="maskspine-export-") as scratch:
-            assets = _write_assets(config, Path(scratch))
+            # The graph's precision is fixed now: the config asset records what `auto` was.
+            resolved = dataclasses.replace(config, precision=getattr(model, "precision", "float32"))
+            assets = _write_assets(resolved, Path(scratch))
             serving = ServingModel(
                 model,
                 config,

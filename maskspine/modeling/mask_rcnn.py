@@ -31,6 +31,7 @@ from maskspine.modeling.heads import BoxHead, MaskHead
 from maskspine.modeling.roi_align import multilevel_roi_align
 from maskspine.modeling.rpn import RPNHead, generate_proposals
 from maskspine.modeling.spinenet import SCALING_MAP, build_spinenet
+from maskspine.precision import dtype_policy, resolve_precision
 
 LOSS_NAMES = (
     "loss",
@@ -131,9 +132,18 @@ class MaskRCNN(keras.Model):
         if isinstance(config, dict):
             config = config_from_dict(config, source="<saved model config>")
         check_model_config(config)
+        # The model itself stays float32: its inputs (image_info) are never cast.
         super().__init__(name=kwargs.pop("name", "mask_rcnn"), **kwargs)
         self.config = config
         self.image_size = (config.img_height, config.img_width)
+        self.precision = resolve_precision(config.precision)
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+        with dtype_policy(self.precision):
+            self._create_parts(config)
+        self.built = True
+
+    def _create_parts(self, config: Config) -> None:
+        """Backbone and heads, created (and built) under the model's dtype policy."""
         norm = config.backbone.norm_cfg
         self.backbone = build_spinenet(
             config.backbone.arch,
@@ -180,13 +190,11 @@ class MaskRCNN(keras.Model):
             (self.mask_head, mask.norm_cfg),
         ):
             _synchronize_batch_norm(part, norm.type == "SyncBN")
-        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
         channels = endpoint_channels(config)
         self.rpn_head.build((None, None, None, channels))
         roi_size, mask_roi_size = config.roi.roi_layer.out_size, config.mask_roi.roi_layer.out_size
         self.box_head.build((None, None, roi_size, roi_size, channels))
         self.mask_head.build((None, None, mask_roi_size, mask_roi_size, channels))
-        self.built = True
 
     # ------------------------------------------------------------------ pieces
 

@@ -149,10 +149,13 @@ class AdamWithL2(CoupledWeightDecay, keras.optimizers.Adam):
     """Keras Adam plus coupled L2 weight decay (`CoupledWeightDecay`)."""
 
 
-def build_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+def build_optimizer(
+    config: Config, steps_per_epoch: int, precision: str = "float32"
+) -> keras.optimizers.Optimizer:
     """The optimizer of `opt_type` with the schedule, weight decay (not on BatchNorm or
     biases), global-norm clipping (`grad_clip` > 0), gradient accumulation
-    (`accumulate_step` > 1) and, under mixed_float16, loss scaling from `loss_scale`.
+    (`accumulate_step` > 1) and, for a model of `precision` float16 (`model.precision`),
+    dynamic loss scaling starting at `loss_scale`.
 
     `weight_decay` is the reference's L2 decay, coupled to the gradient, for `sgd` and
     `adam` (`SGDWithL2`, `AdamWithL2`); `adamw` decays decoupled, as AdamW is defined.
@@ -174,22 +177,9 @@ def build_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Op
         optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **common)
     if config.weight_decay:
         optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
-    if keras.config.dtype_policy().name == "mixed_float16":
+    if precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=config.loss_scale)
     return optimizer
-
-
-def set_precision(config: Config) -> str:
-    """Sets Keras' global dtype policy from `mixed_precision`: mixed_float16 on GPU,
-    mixed_bfloat16 on CPU, float32 when off. Returns the policy name."""
-    if not config.mixed_precision:
-        name = "float32"
-    elif tf.config.list_logical_devices("GPU"):
-        name = "mixed_float16"
-    else:
-        name = "mixed_bfloat16"
-    keras.config.set_dtype_policy(name)
-    return name
 
 
 def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:

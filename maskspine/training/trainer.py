@@ -72,7 +72,7 @@ from maskspine.files import write_text_atomic
 from maskspine.modeling.mask_rcnn import build_mask_rcnn
 from maskspine.training import TrainingError
 from maskspine.training import callbacks as cb
-from maskspine.training.optimizer import build_optimizer, set_precision
+from maskspine.training.optimizer import build_optimizer
 from maskspine.training.strategy import choose_strategy, describe
 
 logger = logging.getLogger("maskspine.train")
@@ -330,14 +330,12 @@ def _train_in(
 ) -> TrainResult:
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
-    policy = set_precision(config)
     logger.info("Strategy: %s", describe(strategy))
     logger.info(
-        "Batch: %d per replica x %d replica(s) = global batch %d; precision %s",
+        "Batch: %d per replica x %d replica(s) = global batch %d",
         config.batch_size,
         replicas,
         global_batch,
-        policy,
     )
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -356,9 +354,10 @@ def _train_in(
     logger.info("Creating network...")
     with strategy.scope():
         model = build_mask_rcnn(config)
-        optimizer = build_optimizer(config, steps_per_epoch)
+        optimizer = build_optimizer(config, steps_per_epoch, model.precision)
         model.compile(optimizer=optimizer, jit_compile=False, auto_scale_loss=False)
     logger.info("Number of parameters: %d", model.count_params())
+    logger.info("Precision: %s (config: %s)", model.precision, config.precision)
     logger.info("Device type: %s", "GPU" if tf.config.list_logical_devices("GPU") else "CPU")
 
     state = cb.TrainingState(run_dir)

@@ -1,0 +1,92 @@
+"""Numeric precision: the config's `precision` as the dtype policy of one model.
+
+    precision: float32 | bfloat16 | float16 | auto        (config key)
+
+- `float32`: everything in float32 (the default: results equal to the original code's).
+- `bfloat16`: Keras' `mixed_bfloat16` for the model's layers: convolutions and matmuls in
+  bfloat16, variables in float32. Fast on CPUs with AMX-BF16 or AVX512-BF16 (Sapphire
+  Rapids and later) and on GPUs of compute capability 8.0 or more; emulated, and no faster,
+  elsewhere. No loss scaling is needed.
+- `float16`: `mixed_float16`, for GPUs before compute capability 8.0; training scales the
+  loss (`loss_scale` is the initial scale) in the optimizer.
+- `auto`: bfloat16 where the hardware runs it natively (a GPU of compute capability 8.0 or
+  more, else a CPU with AMX-BF16 / AVX512-BF16), float16 on older GPUs, float32 otherwise.
+  Resolved on the machine that builds the model: an export records what it resolved to.
+
+The policy is the model's own (`build_mask_rcnn` sets it on the layers it creates and puts
+the process-wide one back), so two models of different precisions can live side by side.
+The numerically sensitive parts stay float32 whatever the policy: the model's inputs
+(`image_info`), box decoding and clipping, NMS, RoIAlign's sampling coordinates, the
+softmax / sigmoid outputs and every loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+PRECISIONS = ("float32", "bfloat16", "float16", "auto")
+
+#: The Keras dtype policy of each resolved precision.
+KERAS_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+#: /proc/cpuinfo flags of CPUs that run bfloat16 matrix products natively.
+_BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.cache
+def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has AMX-BF16 or AVX512-BF16 (read from /proc/cpuinfo; False where
+    that file does not exist)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[-1].split())
+            return any(flag in flags for flag in _BFLOAT16_CPU_FLAGS)
+    return False
+
+
+def gpu_compute_capabilities() -> list[tuple[int, int]]:
+    """The compute capability of each visible GPU (empty without GPUs)."""
+    import tensorflow as tf
+
+    found = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        found.append(tuple(details.get("compute_capability", (0, 0))))
+    return found
+
+
+def resolve_precision(precision: str) -> str:
+    """`float32`, `bfloat16` or `float16` for a config's `precision` on this machine.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    gpus = gpu_compute_capabilities()
+    if gpus:
+        return "bfloat16" if min(gpus) >= (8, 0) else "float16"
+    return "bfloat16" if cpu_has_native_bfloat16() else "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    """Layers created inside get the Keras policy of a resolved `precision`; the
+    process-wide policy is put back afterwards."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(KERAS_POLICIES[precision])
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
