@@ -4,6 +4,7 @@
     ax.figure.savefig("out.png")
     ax = draw_inference_entry(read_image(path), entries[path], score_threshold=0.5)
     written, failures = draw_predictions(load_inference_json("preds.json"), "drawings/")
+    pixels = render_inference_entry(frame, entry, score_threshold=0.5)   # a video's frame
 
 Masks are translucent, one colour per class, with an opaque outline; boxes have a dark
 halo and labels sit on a patch of the class colour with black or white text, whichever
@@ -336,6 +337,43 @@ def save_drawing(ax: Axes, path: str | os.PathLike, image_size: tuple[int, int])
     # The figure's width in inches times dpi is the PNG's width in pixels.
     figure.savefig(path, dpi=width * scale / figure_width, format="png")
     return Path(path)
+
+
+def drawing_pixels(ax: Axes, image_size: tuple[int, int], scale: int = 1) -> np.ndarray:
+    """A `draw_instances` figure (without title) rendered as pixels, the picture
+    `save_drawing` saves: uint8 [height * scale, width * scale, 3] RGB."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    height, width = (int(v) * scale for v in image_size)
+    figure = ax.figure
+    canvas = FigureCanvasAgg(figure)
+    figure.set_dpi(width / figure.get_size_inches()[0])
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    # The canvas' size in pixels is the figure's inches times dpi, rounded: pad or cut the
+    # odd pixel row or column so that a video gets exactly its frame size.
+    pixels = np.zeros((height, width, 3), np.uint8)
+    rows, columns = min(height, rgba.shape[0]), min(width, rgba.shape[1])
+    pixels[:rows, :columns] = rgba[:rows, :columns, :3]
+    return pixels
+
+
+def render_inference_entry(
+    image: np.ndarray, entry: Mapping[str, Any], *, score_threshold: float = 0.0
+) -> np.ndarray:
+    """One image's (or video frame's) predictions drawn over it as `maskspine draw` draws
+    them (`draw_inference_entry`), at the image's own size.
+
+    Args:
+        image: uint8 [height, width, 3] RGB, the size the entry gives.
+        entry: `{"height", "width", "predictions"}` of the inference JSON.
+        score_threshold: predictions scoring below this are not drawn.
+
+    Returns:
+        uint8 [height, width, 3] RGB.
+    """
+    ax = draw_inference_entry(image, entry, score_threshold=score_threshold)
+    return drawing_pixels(ax, np.asarray(image).shape[:2])
 
 
 def _image_for(key: str, images_dir: Path | None) -> Path:
