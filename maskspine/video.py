@@ -287,6 +287,18 @@ class VideoFile(_AvSource):
             container.close()
             raise DataError(f"has no video stream (streams: {kinds})", path=path)
         super().__init__(container, str(path))
+        # A GIF cut short decodes its last, partial frame over the one before: it is held back.
+        self._gif_cut = container.format.name == "gif" and not _ends_with(self.path, b";")
+
+    def __iter__(self) -> Iterator[Frame]:
+        if not self._gif_cut:
+            yield from super().__iter__()
+            return
+        previous = None
+        for frame in super().__iter__():
+            if previous is not None:
+                yield previous
+            previous = frame
 
     def _check_end(self) -> str | None:
         info, count = self.info, self.frames_decoded
@@ -305,8 +317,8 @@ class VideoFile(_AvSource):
                     f"cut short or damaged: it ends at {self._last_time:.2f} s of the "
                     f"{info.duration_s:.2f} s its header announces"
                 )
-        if self._container.format.name == "gif" and not _ends_with(self.path, b";"):
-            return "cut short: the GIF has no end marker"
+        if self._gif_cut:
+            return "cut short: the GIF has no end marker (its last, partial frame is left out)"
         return None
 
 
@@ -418,15 +430,8 @@ class VideoWriter:
         self, path: str | os.PathLike, frame_rate: Fraction | float, size: tuple[int, int]
     ):
         av = import_av()
-        self.path = Path(path).expanduser()
+        self.path = self.check_path(path)
         suffix = self.path.suffix.lower()
-        if suffix not in WRITER_CODECS:
-            raise DataError(
-                f"cannot write a video with the ending {suffix or '(none)'!r}; use one of "
-                f"{', '.join(WRITER_CODECS)}",
-                path=path,
-            )
-        check_writable(self.path, "video")
         height, width = (int(v) for v in size)
         codec = WRITER_CODECS[suffix]
         options = {"movflags": "+faststart"} if codec == "libx264" and suffix != ".mkv" else {}
@@ -447,6 +452,24 @@ class VideoWriter:
         self._stream = stream
         self.size = (height, width)
         self.count = 0
+
+    @staticmethod
+    def check_path(path: str | os.PathLike) -> Path:
+        """The path, checked before any work: an ending of `WRITER_CODECS`, a folder that can
+        be written.
+
+        Raises:
+            DataError: naming the path and the fix.
+        """
+        path = Path(path).expanduser()
+        suffix = path.suffix.lower()
+        if suffix not in WRITER_CODECS:
+            raise DataError(
+                f"cannot write a video with the ending {suffix or '(none)'!r}; use one of "
+                f"{', '.join(WRITER_CODECS)}",
+                path=path,
+            )
+        return check_writable(path, "video")
 
     def write(self, pixels: np.ndarray) -> None:
         """Appends one frame: uint8 [height, width, 3] RGB at the writer's size."""
