@@ -109,6 +109,7 @@ def infer_command(
 ) -> None:
     """Predict instances in images, a video or a camera: JSON keyed by image path or by frame,
     as the reference writes it."""
+    from maskspine.errors import InferenceError
     from maskspine.files import check_writable
     from maskspine.video import is_camera, is_video_file
 
@@ -127,8 +128,8 @@ def infer_command(
     }
     given = [name for name, used in video_options.items() if used]
     if given:
-        raise typer.BadParameter(
-            f"{', '.join(given)} take a video file or camera:N as --input, not images"
+        raise InferenceError(
+            f"{', '.join(given)} take a video file or camera:N as --input, not images ({input})"
         )
 
     from maskspine.checkpoints import load_model

@@ -105,11 +105,13 @@ def run_detections(
     progress: bool = False,
     num_images: int | None = None,
     unit: str = "image",
+    batch_size: int | None = None,
 ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """Runs the model over batches and yields each image's outputs, in order.
 
-    Every batch is run at the size of the first (a smaller last batch is padded by repeating
-    its first image, and the padding's outputs dropped), so the model is traced once.
+    Every batch is run at `batch_size` images, by default the size of the first batch (a
+    smaller batch is padded by repeating its first image, and the padding's outputs dropped),
+    so the model is traced once.
 
     Args:
         model: a `MaskRCNN` (or any callable taking `{"images", "image_info"}` and returning
@@ -119,6 +121,8 @@ def run_detections(
         progress: show a Keras progress bar (images, images per second, time left).
         num_images: the progress bar's target, when known.
         unit: what the progress bar counts ("image", "frame").
+        batch_size: the size every batch is run at (at least the largest batch's); the first
+            batch's size when None.
 
     Yields:
         (the batch's other per-image values for this image, e.g. `image_info` [4, 2] and
@@ -128,7 +132,7 @@ def run_detections(
     """
     predict = predict_function(model)
     bar = progress_bar(num_images, unit) if progress else None
-    size = None
+    size = batch_size
     done = 0
     start = time.monotonic()
     for batch in batches:
@@ -393,7 +397,12 @@ def predict_frames(
     )
     latest: FramePrediction | None = None
     outputs_in_order = run_detections(
-        model, batches, progress=progress, num_images=num_frames, unit="frame"
+        model,
+        batches,
+        progress=progress,
+        num_images=num_frames,
+        unit="frame",
+        batch_size=batch_size,
     )
     for values, outputs in outputs_in_order:
         # Frames come back in order: those before this one are the skipped frames after the
