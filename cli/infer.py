@@ -114,6 +114,11 @@ def infer_command(
     from maskspine.video import is_camera, is_video_file
 
     check_writable(output, "predictions")
+    if not is_camera(input) and not Path(input).expanduser().exists():
+        raise FileNotFoundError(
+            f"input not found: {input} (give an image file, a folder of images, a video file "
+            "or camera:N)"
+        )
     if is_camera(input) or is_video_file(input):
         _infer_video(
             config, checkpoint, input, output, score_threshold, batch_size, overrides,
@@ -172,6 +177,7 @@ def _infer_video(
 ) -> None:
     """A video file or a camera through the model (`maskspine.video.infer_video`)."""
     from maskspine.checkpoints import load_model
+    from maskspine.errors import InferenceError
     from maskspine.video import (
         FrameWindow,
         VideoWriter,
@@ -185,6 +191,8 @@ def _infer_video(
     camera = is_camera(input)
     if video_output is not None:  # an unwritable path or unknown ending fails before the model
         VideoWriter.check_path(video_output)
+    if show:
+        FrameWindow.check_available()
     with open_source(input) as source:
         info = source.info
         model, model_config, weights = load_model(checkpoint, config, overrides or [])
@@ -195,6 +203,12 @@ def _infer_video(
         )
         if show is None:
             show = camera and display_available()
+            if show:
+                try:
+                    FrameWindow.check_available()
+                except InferenceError as error:  # a display, but no GUI toolkit for matplotlib
+                    typer.echo(f"not showing the frames: {error}", err=True)
+                    show = False
         if camera and not show and max_frames is None:
             typer.echo("Press Ctrl-C to stop.")
         with stop_on_interrupt(lambda text: typer.echo(text, err=True)) as stop:

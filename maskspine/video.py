@@ -540,17 +540,24 @@ class FrameWindow:
         self._figure: Any = None
         self._image: Any = None
 
+    @staticmethod
+    def check_available() -> None:
+        """Raises `InferenceError` when no window can be shown (no display, or matplotlib has
+        no interactive backend)."""
+        import matplotlib
+
+        if not display_available() or not _interactive_backend():
+            raise InferenceError(
+                "cannot show frames: no display, or matplotlib has no interactive backend here "
+                f"({matplotlib.get_backend()}); use --video-output, or --no-show"
+            )
+
     def show(self, pixels: np.ndarray) -> bool:
         """Shows uint8 [h, w, 3]; False once the user has closed the window."""
-        import matplotlib
         import matplotlib.pyplot as plt
 
         if self._figure is None:
-            if not _interactive_backend():
-                raise InferenceError(
-                    "cannot show frames: matplotlib has no interactive backend here "
-                    f"({matplotlib.get_backend()}); use --video-output, or --no-show"
-                )
+            self.check_available()
             height, width = pixels.shape[:2]
             self._figure = plt.figure(self.title, figsize=(width / 100, height / 100), dpi=100)
             axes = self._figure.add_axes((0, 0, 1, 1))

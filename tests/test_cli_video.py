@@ -9,6 +9,7 @@ import os
 
 import pytest
 from model_fixtures import REPO, TINY_OVERRIDES
+from PIL import Image
 from test_video import HEIGHT, RATE, WIDTH, FakeCamera, write_video
 from typer.testing import CliRunner
 
@@ -87,6 +88,20 @@ def test_infer_a_video_writes_frames_json_and_the_drawn_video(workspace, tmp_pat
         stream = container.streams.video[0]
         assert (stream.width, stream.height, stream.average_rate) == (WIDTH, HEIGHT, RATE)
         assert sum(1 for _ in container.decode(stream)) == 10
+
+    # `maskspine draw` on the video's JSON: one PNG per frame run, read from the video.
+    code, out, err = invoke(
+        "draw", "--predictions", output, "--output", tmp_path / "frames", "--score-threshold", "0"
+    )
+    assert code == 0, out + err
+    names = sorted(p.name for p in (tmp_path / "frames").iterdir())
+    assert names == [f"clip_{index:06d}.png" for index in (0, 3, 6, 9)]
+    with Image.open(tmp_path / "frames" / names[0]) as picture:
+        assert picture.size == (WIDTH * 4, HEIGHT * 4)  # scaled up by 4 to >= 480 pixels
+    moved = tmp_path / "moved.json"
+    moved.write_text(output.read_text().replace(str(clip), str(tmp_path / "gone.mp4")))
+    code, out, err = invoke("draw", "--predictions", moved, "--output", tmp_path / "none")
+    assert code == 1 and err.startswith(f"skipped {tmp_path / 'gone.mp4'}: video not found")
 
 
 def test_a_cut_video_keeps_the_frames_before_and_exits_1(workspace, tmp_path):

@@ -297,6 +297,16 @@ def test_missing_camera_and_unwritable_outputs_are_clear_errors(tmp_path, clip):
         infer_video(BrightModel(), None, source, blocker / "p.json")
 
 
+def test_showing_frames_without_a_display_is_a_clear_error(monkeypatch):
+    from maskspine.video import FrameWindow
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    with pytest.raises(InferenceError, match="cannot show frames.*--no-show"):
+        FrameWindow().show(np.zeros((4, 4, 3), np.uint8))
+
+
 def test_without_pyav_the_error_names_the_extra(monkeypatch, clip):
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(InferenceError, match=r"maskspine\[video\]"):
