@@ -13,7 +13,8 @@ any container and codec FFmpeg reads works: MP4 / MOV (H.264, H.265, MPEG-4), We
 (VP8, VP9, AV1), AVI, animated GIF, ... Every frame is converted once to RGB at the stream's
 size; `index` counts the decoded frames from 0 and `time_s` is the frame's presentation time
 in seconds from the start of the stream (from its timestamp; `index / frame rate` when the
-container gives none). A camera (`camera:N`: `/dev/videoN` through V4L2 on Linux, AVFoundation
+container gives none). Frames are taken as stored: a rotation tag (phone videos) is not
+applied, as the EXIF orientation of images is not (`maskspine.data.images`). A camera (`camera:N`: `/dev/videoN` through V4L2 on Linux, AVFoundation
 device N on macOS) gives the same frames, its times counted from the first frame.
 
 `infer_video` streams the frames through the one model runner (`maskspine.predict`,
