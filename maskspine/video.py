@@ -132,6 +132,10 @@ class FrameSource(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> FrameSource: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
 
 # --------------------------------------------------------------------------- reading
 
