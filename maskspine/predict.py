@@ -84,7 +84,7 @@ def _pad_batch(tensor: tf.Tensor, size: int) -> tf.Tensor:
 
 def progress_bar(total: int | None, unit: str = "image"):
     """A Keras progress bar counting `unit`s (with the time left when `total` is known, and
-    `<unit>s/s` when updated with `rate_value`); without a terminal, one line every 30 s."""
+    `<unit>s/s`, see `run_detections`); without a terminal, one line every 30 s."""
     import keras
 
     interval = 0.05 if sys.stdout.isatty() else 30.0
@@ -93,9 +93,14 @@ def progress_bar(total: int | None, unit: str = "image"):
     )
 
 
-def rate_value(unit: str, done: int, seconds: float) -> list[tuple[str, float]]:
-    """The `<unit>s/s` value of `progress_bar`: `done` units in `seconds`."""
-    return [(f"{unit}s/s", done / max(seconds, 1e-9))]
+def _rate(
+    unit: str, done: int, start: float, first: tuple[int, float], now: float
+) -> list[tuple[str, float]]:
+    """The `<unit>s/s` value of `progress_bar`: the units done after the first batch (`first`
+    = units done and the time then) over the time since; the first batch's own rate until
+    there is more."""
+    counted, since = (done - first[0], now - first[1]) if done > first[0] else (done, now - start)
+    return [(f"{unit}s/s", counted / max(since, 1e-9))]
 
 
 def run_detections(
@@ -135,6 +140,7 @@ def run_detections(
     size = batch_size
     done = 0
     start = time.monotonic()
+    first: tuple[int, float] | None = None
     for batch in batches:
         images, image_info = batch["images"], batch["image_info"]
         count = int(images.shape[0])
@@ -153,10 +159,13 @@ def run_detections(
             )
         done += count
         if bar is not None:  # finalizes itself on reaching num_images
-            bar.update(done, values=rate_value(unit, done, time.monotonic() - start))
+            now = time.monotonic()
+            first = first or (done, now)  # the rate leaves out the first batch (the trace)
+            bar.update(done, values=_rate(unit, done, start, first, now))
     if bar is not None and (num_images is None or done < num_images):
         # fewer images than expected (unreadable ones, a video cut short or stopped)
-        bar.update(done, values=rate_value(unit, done, time.monotonic() - start), finalize=True)
+        values = _rate(unit, done, start, first or (done, start), time.monotonic())
+        bar.update(done, values=values, finalize=True)
 
 
 # --------------------------------------------------------------------------- image files
