@@ -6,6 +6,8 @@ Masks are translucent in a colour per class, with boxes, class names and scores.
 has the image's size (small images scaled up by a whole factor to at least 480 pixels on
 their longer side, so the labels stay legible). `--images DIR` finds the images by file name
 in DIR when the paths in the JSON are not where the images are now.
+Frames of a video (keys `clip.mp4#000123`, from `maskspine infer --input clip.mp4`) are drawn
+from the video as `clip_000123.png`.
 """
 
 from __future__ import annotations

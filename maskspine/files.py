@@ -8,8 +8,11 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
+
+from maskspine.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -21,16 +24,19 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Writes `text` to a temporary file in the same folder, syncs it and `os.replace`s it
-    onto `path`: the old file or the new one is there, never a half-written one.
+@contextlib.contextmanager
+def atomic_text_file(path: str | os.PathLike) -> Iterator[TextIO]:
+    """A text file to write `path` through, bit by bit: the writes go to a temporary file in
+    the same folder, which is synced and `os.replace`d onto `path` when the block ends
+    without an exception (and deleted when it raises). A reader sees the old file or the
+    new one, never a half-written one; a long writer holds no more than it writes at once.
 
     The file gets the mode a plain `open(path, "w")` would give (the umask's), not the
     0600 of `tempfile.mkstemp`: other users, a notebook server or a TF Serving container
     running as another uid can read it as they could any other file of the run.
 
-    Returns:
-        The path written.
+    Raises:
+        OSError: the folder cannot be created or written (before the block runs).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,7 +44,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     try:
         os.fchmod(handle, default_file_mode())
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
+            yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -46,6 +52,38 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Writes `text` to `path` through `atomic_text_file`: the old file or the new one is
+    there, never a half-written one.
+
+    Returns:
+        The path written.
+    """
+    with atomic_text_file(path) as file:
+        file.write(text)
+    return Path(path)
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """Fails early, before any work, when a file cannot be written at `path`: its folder
+    cannot be created or written, or `path` is a folder.
+
+    Raises:
+        DataError: naming the path and the reason.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise DataError(f"cannot write the {what} here: it is a folder", path=path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise DataError(f"cannot write the {what} here ({reason})", path=path) from None
     return path
 
 

@@ -4,6 +4,8 @@
                                        config.output_category_ids)}
     save_inference_json("predictions.json", entries)
     entries = load_inference_json("predictions.json")
+    with InferenceJsonWriter("video.json") as writer:        # entry by entry (videos)
+        writer.add(frame_key("clip.mp4", 123), entry)        # "clip.mp4#000123"
     arrays = entry_instances(entries[path], score_threshold=0.5)   # for drawing
     records = to_coco_results(instances, image_id, config.output_category_ids)
 
@@ -18,6 +20,13 @@ Category ids follow one rule everywhere (`Config.output_category_ids`): the conf
 `category_ids` (training records the data set's), or 1..K in `coco_classes` order when a
 config lists none. (The reference writes `"unknown"`; a number serves eval and serving too.)
 
+Videos and cameras (`maskspine.video`) write the same JSON with one entry per frame run
+through the model, keyed `"<video>#<frame>"` (`frame_key`): the video's path as given (or
+`camera:<N>`), `#`, and the frame's 0-based number in the source, zero-padded to 6 digits
+(`"clip.mp4#000123"`, the 124th frame; wider past 999999). Frame entries add `"frame"` (that
+number, int) and `"time_s"` (the frame's presentation time in seconds from the start of the
+stream, float) to `height`, `width` and `predictions`.
+
 COCO result records (`COCO.loadRes`): `image_id`, `category_id`, `bbox` COCO xywh in
 original pixels, `score`, `segmentation` (compressed RLE, str counts); their file is
 `maskspine.evaluation.save_predictions`. Nothing here imports TensorFlow.
@@ -29,13 +38,17 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, TextIO
 
 import numpy as np
 
 from maskspine.boxes import xywh_to_yxyx, yxyx_to_xywh
 from maskspine.errors import InferenceError
-from maskspine.files import write_text_atomic
+from maskspine.files import atomic_text_file, write_text_atomic
+
+#: Digits of the frame number in a video frame's key (`frame_key`).
+FRAME_KEY_DIGITS = 6
 
 
 def _class_index(label: int, num_classes: int) -> int:
@@ -144,6 +157,83 @@ def save_inference_json(path: str | os.PathLike, entries: Mapping[str, Any]) -> 
         The path written.
     """
     return write_text_atomic(Path(path), json.dumps(dict(entries), indent=1) + "\n")
+
+
+def frame_key(video: str | os.PathLike, index: int) -> str:
+    """The JSON key of a video frame: `"<video>#<index>"`, the index (0-based, in the source)
+    zero-padded to `FRAME_KEY_DIGITS` digits, e.g. `frame_key("clip.mp4", 123)` ->
+    `"clip.mp4#000123"`."""
+    return f"{video}#{int(index):0{FRAME_KEY_DIGITS}d}"
+
+
+def parse_frame_key(key: str) -> tuple[str, int] | None:
+    """(video, frame index) of a key made by `frame_key`; None for an image's key."""
+    video, separator, number = str(key).rpartition("#")
+    if not separator or not video or not number.isdigit() or len(number) < FRAME_KEY_DIGITS:
+        return None
+    return video, int(number)
+
+
+class InferenceJsonWriter:
+    """Writes the inference JSON entry by entry, so that a long video's predictions are never
+    all held in memory; the file is the one `save_inference_json` writes for the same entries.
+
+    The entries go to a temporary file, renamed onto `path` by `close` (or at the end of a
+    `with` block that raises nothing; one that raises leaves `path` as it was):
+
+        with InferenceJsonWriter("video.json") as writer:
+            for key, entry in ...:
+                writer.add(key, entry)
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.count = 0
+        self._context = atomic_text_file(self.path)
+        self._file: TextIO | None = self._context.__enter__()
+        self._file.write("{")
+
+    def add(self, key: str, entry: Mapping[str, Any]) -> None:
+        """Appends one entry (keys must be unique: a JSON object cannot repeat them)."""
+        if self._file is None:
+            raise ValueError(f"{self.path} is already closed")
+        # json.dumps(entries, indent=1) nests each entry one space deeper than on its own.
+        text = json.dumps(dict(entry), indent=1).replace("\n", "\n ")
+        self._file.write(("," if self.count else "") + f"\n {json.dumps(str(key))}: {text}")
+        self.count += 1
+
+    def close(self) -> Path:
+        """Finishes the JSON object and puts the file in place; returns its path."""
+        if self._file is not None:
+            self._file.write("\n}\n" if self.count else "}\n")
+            self._file = None
+            self._context.__exit__(None, None, None)
+        return self.path
+
+    def abort(self, error: BaseException | None = None) -> None:
+        """Drops the temporary file; `path` stays as it was."""
+        if self._file is not None:
+            self._file = None
+            error = error or RuntimeError("aborted")
+            try:
+                self._context.__exit__(type(error), error, error.__traceback__)
+            except BaseException as raised:
+                if raised is not error:
+                    raise
+
+    def __enter__(self) -> InferenceJsonWriter:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if error is None:
+            self.close()
+        else:
+            self.abort(error)
 
 
 def load_inference_json(path: str | os.PathLike) -> dict[str, dict[str, Any]]:

@@ -4,6 +4,7 @@
     ax.figure.savefig("out.png")
     ax = draw_inference_entry(read_image(path), entries[path], score_threshold=0.5)
     written, failures = draw_predictions(load_inference_json("preds.json"), "drawings/")
+    pixels = render_inference_entry(frame, entry, score_threshold=0.5)   # a video's frame
 
 Masks are translucent, one colour per class, with an opaque outline; boxes have a dark
 halo and labels sit on a patch of the class colour with black or white text, whichever
@@ -29,7 +30,7 @@ from matplotlib.patches import Rectangle
 from maskspine.boxes import xywh_to_yxyx
 from maskspine.data.images import read_image
 from maskspine.errors import DataError, InferenceError
-from maskspine.formats import entry_instances
+from maskspine.formats import entry_instances, parse_frame_key
 
 #: Distinct, saturated colours (RGB 0..1) that show on both dark and light backgrounds.
 PALETTE: tuple[tuple[float, float, float], ...] = tuple(
@@ -338,12 +339,95 @@ def save_drawing(ax: Axes, path: str | os.PathLike, image_size: tuple[int, int])
     return Path(path)
 
 
+def drawing_pixels(ax: Axes, image_size: tuple[int, int], scale: int = 1) -> np.ndarray:
+    """A `draw_instances` figure (without title) rendered as pixels, the picture
+    `save_drawing` saves: uint8 [height * scale, width * scale, 3] RGB."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    height, width = (int(v) * scale for v in image_size)
+    figure = ax.figure
+    canvas = FigureCanvasAgg(figure)
+    figure.set_dpi(width / figure.get_size_inches()[0])
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    # The canvas' size in pixels is the figure's inches times dpi, rounded: pad or cut the
+    # odd pixel row or column so that a video gets exactly its frame size.
+    pixels = np.zeros((height, width, 3), np.uint8)
+    rows, columns = min(height, rgba.shape[0]), min(width, rgba.shape[1])
+    pixels[:rows, :columns] = rgba[:rows, :columns, :3]
+    return pixels
+
+
+def render_inference_entry(
+    image: np.ndarray, entry: Mapping[str, Any], *, score_threshold: float = 0.0
+) -> np.ndarray:
+    """One image's (or video frame's) predictions drawn over it as `maskspine draw` draws
+    them (`draw_inference_entry`), at the image's own size.
+
+    Args:
+        image: uint8 [height, width, 3] RGB, the size the entry gives.
+        entry: `{"height", "width", "predictions"}` of the inference JSON.
+        score_threshold: predictions scoring below this are not drawn.
+
+    Returns:
+        uint8 [height, width, 3] RGB.
+    """
+    ax = draw_inference_entry(image, entry, score_threshold=score_threshold)
+    return drawing_pixels(ax, np.asarray(image).shape[:2])
+
+
 def _image_for(key: str, images_dir: Path | None) -> Path:
     if images_dir is not None:
         candidate = images_dir / Path(key).name
         if candidate.is_file():
             return candidate
     return Path(key)
+
+
+def _unused_name(stem: str, used: set[str]) -> str:
+    """`<stem>.png`, or `<stem>_2.png`, `<stem>_3.png`, ... when taken; marked as taken."""
+    name, number = f"{stem}.png", 1
+    while name in used:
+        number += 1
+        name = f"{stem}_{number}.png"
+    used.add(name)
+    return name
+
+
+def _draw_video_frames(
+    video: str,
+    frames: Mapping[int, Mapping[str, Any]],
+    output: Path,
+    folder: Path | None,
+    score_threshold: float,
+    used: set[str],
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The frames of one video named in an inference JSON (`{frame index: entry}`), drawn as
+    `<video stem>_<index>.png`; reads the video once, up to the last frame wanted."""
+    from maskspine.video import VideoFile
+
+    path = _image_for(video, folder)
+    written: list[Path] = []
+    last = max(frames)
+    try:
+        with VideoFile(path) as source:
+            for frame in source:
+                entry = frames.get(frame.index)
+                if entry is not None:
+                    ax = draw_inference_entry(frame.pixels, entry, score_threshold=score_threshold)
+                    name = _unused_name(f"{Path(video).stem}_{frame.index:06d}", used)
+                    written.append(save_drawing(ax, output / name, frame.pixels.shape[:2]))
+                if frame.index >= last:
+                    break
+    except FileNotFoundError:
+        where = f" (nor in {folder})" if folder is not None else " (use --images DIR)"
+        return written, [(video, f"video not found: {path}{where}")]
+    except (DataError, InferenceError) as error:
+        return written, [(video, str(error))]
+    missing = len(frames) - len(written)
+    if missing:
+        return written, [(video, f"{missing} of its {len(frames)} frame(s) are not in the video")]
+    return written, []
 
 
 def draw_predictions(
@@ -353,19 +437,22 @@ def draw_predictions(
     score_threshold: float = 0.5,
     images_dir: str | os.PathLike | None = None,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
-    """One PNG per image of an inference JSON, its predictions drawn over it.
+    """One PNG per image (or video frame) of an inference JSON, its predictions drawn over it.
+
+    Keys of video frames (`"clip.mp4#000123"`, `maskspine.formats.frame_key`) are drawn from
+    the video (read once, with PyAV: the `video` extra) as `clip_000123.png`.
 
     Args:
         entries: `maskspine.formats.load_inference_json(...)`.
         output_dir: folder for `<image name>.png` (created; a name taken by an earlier image
             of the same name from another folder gets `_2`, `_3`, ...).
         score_threshold: predictions scoring below this are not drawn.
-        images_dir: look for each image here by file name first, then at its path in the JSON
-            (for JSON written on another machine or before the images moved).
+        images_dir: look for each image (video) here by file name first, then at its path in
+            the JSON (for JSON written on another machine or before the images moved).
 
     Returns:
-        (the PNGs written, [(image path, reason)] of the images that could not be drawn:
-        missing, unreadable, or not the size the predictions were made for).
+        (the PNGs written, [(image or video path, reason)] of the images that could not be
+        drawn: missing, unreadable, or not the size the predictions were made for).
     """
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -373,8 +460,13 @@ def draw_predictions(
     written: list[Path] = []
     failures: list[tuple[str, str]] = []
     used: set[str] = set()
+    videos: dict[str, dict[int, Mapping[str, Any]]] = {}
     for key, entry in entries.items():
         path = _image_for(key, folder)
+        frame = parse_frame_key(key)
+        if frame is not None and not path.is_file():
+            videos.setdefault(frame[0], {})[frame[1]] = entry
+            continue
         try:
             image = read_image(path)
             ax = draw_inference_entry(image, entry, score_threshold=score_threshold)
@@ -385,11 +477,10 @@ def draw_predictions(
         except (DataError, InferenceError) as error:
             failures.append((key, str(error)))
             continue
-        stem = Path(key).stem or "image"
-        name, number = f"{stem}.png", 1
-        while name in used:
-            number += 1
-            name = f"{stem}_{number}.png"
-        used.add(name)
+        name = _unused_name(Path(key).stem or "image", used)
         written.append(save_drawing(ax, output / name, image.shape[:2]))
+    for video, frames in videos.items():
+        drawn, failed = _draw_video_frames(video, frames, output, folder, score_threshold, used)
+        written.extend(drawn)
+        failures.extend(failed)
     return written, failures

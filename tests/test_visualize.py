@@ -180,7 +180,7 @@ def test_host_code_imports_no_tensorflow():
     script = (
         "import sys\n"
         "import maskspine.postprocess, maskspine.visualize, maskspine.formats, maskspine.boxes\n"
-        "import maskspine.data.images, maskspine.errors, maskspine.cli.main\n"
+        "import maskspine.data.images, maskspine.errors, maskspine.cli.main, maskspine.video\n"
         "loaded = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )
