@@ -195,13 +195,25 @@ def image_batches(
     Files are read on the host as the batches are consumed; an unreadable one is appended to
     `failures` as (path, reason) and left out.
     """
+    paths = list(paths)
+    return _pixel_batches(lambda: _read_images(paths, failures), config, batch_size)
+
+
+def _pixel_batches(
+    generate: Callable[[], Iterator[tuple[np.int64, np.ndarray]]],
+    config: Config,
+    batch_size: int,
+    prefetch: int | None = None,
+) -> tf.data.Dataset:
+    """A generator of (index, uint8 [h, w, 3] RGB pixels) as model batches: each image
+    resized and padded by `pipeline.preprocess_image` (in parallel), `batch_size` at a time,
+    `prefetch` batches ahead (default: tf.data's choice)."""
     import tensorflow as tf
 
     from maskspine.data.pipeline import preprocess_image
 
-    paths = list(paths)
     dataset = tf.data.Dataset.from_generator(
-        lambda: _read_images(paths, failures),
+        generate,
         output_signature=(
             tf.TensorSpec([], tf.int64),
             tf.TensorSpec([None, None, 3], tf.uint8),
@@ -213,7 +225,7 @@ def image_batches(
         return {"images": images, "image_info": image_info, "index": index}
 
     dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(batch_size).prefetch(prefetch or tf.data.AUTOTUNE)
 
 
 def _output_settings(
@@ -305,9 +317,6 @@ def frame_batches(
     (frame, run), for the caller to pair with its outputs; an exception raised by `frames`
     is appended to `errors` (and ends the batches) instead of surfacing inside tf.data.
     """
-    import tensorflow as tf
-
-    from maskspine.data.pipeline import preprocess_image
 
     def generate():
         try:
@@ -322,20 +331,7 @@ def frame_batches(
                 raise
             errors.append(error)
 
-    dataset = tf.data.Dataset.from_generator(
-        generate,
-        output_signature=(
-            tf.TensorSpec([], tf.int64),
-            tf.TensorSpec([None, None, 3], tf.uint8),
-        ),
-    )
-
-    def prepare(index, pixels):
-        images, image_info = preprocess_image(pixels, config)
-        return {"images": images, "image_info": image_info, "index": index}
-
-    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.batch(batch_size).prefetch(1)
+    return _pixel_batches(generate, config, batch_size, prefetch=1)
 
 
 class FramePrediction(NamedTuple):
