@@ -12,6 +12,7 @@ import sys
 import typer
 
 import maskspine
+from maskspine.cli.benchmark import benchmark_command
 from maskspine.cli.data import app as data_app
 from maskspine.cli.draw import draw_command
 from maskspine.cli.evaluate import eval_command
@@ -63,3 +64,4 @@ app.command("eval")(eval_command)
 app.command("infer")(infer_command)
 app.command("draw")(draw_command)
 app.command("export")(export_command)
+app.command("benchmark")(benchmark_command)

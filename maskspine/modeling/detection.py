@@ -1,5 +1,4 @@
-"""Inference post-processing of the box head: class-wise decode and combined NMS,
-and picking each detection's own class channel out of the mask head."""
+"""Inference post-processing of the box head: class-wise decode and combined NMS."""
 
 from __future__ import annotations
 
@@ -70,20 +69,3 @@ def detect_boxes(
         "detection_classes": classes,
         "num_detections": tf.cast(num_detections, tf.int32),
     }
-
-
-def select_class_masks(mask_logits: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
-    """Each RoI's mask channel for its own class (the one pick, for inference and the loss).
-
-    Args:
-        mask_logits: [B, K, M, M, C] (channels last, one channel per class incl. background;
-            C = 1 for a class-agnostic head, whose one channel every RoI takes).
-        classes: [B, K] int contiguous class of each RoI (0 or negative for padding: channel 0).
-
-    Returns:
-        [B, K, M, M], the dtype of `mask_logits`.
-    """
-    if mask_logits.shape[-1] == 1:
-        return mask_logits[..., 0]
-    channel = tf.maximum(tf.cast(classes, tf.int32), 0)
-    return tf.gather(mask_logits, channel, axis=4, batch_dims=2)

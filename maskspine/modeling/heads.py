@@ -159,10 +159,13 @@ class BoxHead(layers.Layer):
 @keras.saving.register_keras_serializable(package="maskspine")
 class MaskHead(layers.Layer):
     """Mask head: `num_convs` 3x3 conv-BN-ReLU, a 2x2 stride-2 transposed conv + ReLU,
-    and a 1x1 conv with one mask-logit channel per class.
+    and a 1x1 conv with one mask-logit channel per class, of which each RoI computes only the
+    channel of its own class (the one class pick: inference takes the detected class, the
+    loss the target class; the other channels are never used).
 
-    Call: roi_features [B, K, S, S, C] -> mask_logits [B, K, 2S, 2S, num_classes]
-    (28x28 for the usual S = 14), channels last.
+    Call: (roi_features [B, K, S, S, C], classes [B, K] int contiguous labels, 0 or negative
+    for padding) -> mask_logits [B, K, 2S, 2S] of each RoI's class (28x28 for the usual
+    S = 14). A class-agnostic head (num_classes 1) gives its one channel to every RoI.
     """
 
     def __init__(
@@ -205,11 +208,19 @@ class MaskHead(layers.Layer):
         self.mask_logits.build((None, 2 * shape[1], 2 * shape[2], self.conv_out_channels))
         self.built = True
 
-    def call(self, roi_features, training=None):
+    def call(self, roi_features, classes, training=None):
         x, batch_and_rois = _fold(roi_features)
         x = _run_stack(self.convs, x, training)
-        x = self.upsample(x)
-        return _unfold(self.mask_logits(x), batch_and_rois)
+        x = self.upsample(x)  # [N, M, M, C]
+        # The 1x1 logits conv, one output channel per RoI: its class's kernel column.
+        kernel = tf.reshape(self.mask_logits.kernel, [-1, self.num_classes])  # [C, classes]
+        channel = tf.reshape(tf.maximum(tf.cast(classes, tf.int32), 0), [-1])
+        if self.num_classes == 1:
+            channel = tf.zeros_like(channel)
+        weights = tf.cast(tf.gather(tf.transpose(kernel), channel), x.dtype)  # [N, C]
+        bias = tf.cast(tf.gather(self.mask_logits.bias, channel), x.dtype)  # [N]
+        logits = tf.einsum("nhwc,nc->nhw", x, weights) + bias[:, None, None]
+        return _unfold(logits, batch_and_rois)
 
     def get_config(self) -> dict:
         return {

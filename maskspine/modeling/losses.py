@@ -16,8 +16,6 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
-from maskspine.modeling.detection import select_class_masks
-
 __all__ = ["mask_loss", "rcnn_losses", "rpn_losses", "smooth_l1"]
 
 
@@ -147,7 +145,6 @@ def rcnn_losses(
 def mask_loss(
     mask_logits: tf.Tensor,
     mask_targets: tf.Tensor,
-    class_targets: tf.Tensor,
     positive: tf.Tensor,
     *,
     weight: float = 1.0,
@@ -158,11 +155,10 @@ def mask_loss(
     `mask_cross_entropy`, reduction 'mean' over the positives); 0 when there are none.
 
     Args:
-        mask_logits: [B, K, M, M, C] float, channels last (one channel per class,
-            contiguous labels with 0 = background; C = 1 for a class-agnostic head).
+        mask_logits: [B, K, M, M] float, each RoI's logits for its target class (the mask
+            head computes only that channel).
         mask_targets: [B, K, M, M] float in [0, 1] (or uint8 / bool 0-1), each RoI's
             target mask in its box.
-        class_targets: [B, K] int, the class of each RoI (used where `positive`).
         positive: [B, K] bool, the RoIs that contribute.
         weight: loss weight.
 
@@ -170,8 +166,7 @@ def mask_loss(
         {"mask_loss": float32 scalar}.
     """
     positive = tf.cast(positive, tf.bool)
-    channel = tf.where(positive, tf.cast(class_targets, tf.int32), 0)
-    class_logits = tf.cast(select_class_masks(mask_logits, channel), tf.float32)  # [B, K, M, M]
+    class_logits = tf.cast(mask_logits, tf.float32)
     targets = tf.cast(mask_targets, tf.float32)
     cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=class_logits)
     pixel_weight = tf.cast(positive, tf.float32)[:, :, None, None]

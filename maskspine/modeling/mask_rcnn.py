@@ -26,7 +26,7 @@ from maskspine.config import Config, ConfigError, config_from_dict, config_to_di
 from maskspine.modeling import anchors as anchor_ops
 from maskspine.modeling import losses as loss_ops
 from maskspine.modeling import targets as target_ops
-from maskspine.modeling.detection import detect_boxes, select_class_masks
+from maskspine.modeling.detection import detect_boxes
 from maskspine.modeling.heads import BoxHead, MaskHead
 from maskspine.modeling.roi_align import multilevel_roi_align
 from maskspine.modeling.rpn import RPNHead, generate_proposals
@@ -262,8 +262,8 @@ class MaskRCNN(keras.Model):
 
     def detection_masks(self, features, boxes, classes) -> tf.Tensor:
         """[B, D, 28, 28] mask probabilities of each detection's own class."""
-        mask_logits = self.mask_head(self.mask_features(features, boxes), training=False)
-        return tf.sigmoid(tf.cast(select_class_masks(mask_logits, classes), tf.float32))
+        mask_logits = self.mask_head(self.mask_features(features, boxes), classes, training=False)
+        return tf.sigmoid(tf.cast(mask_logits, tf.float32))
 
     # ------------------------------------------------------------------ inference
 
@@ -377,12 +377,15 @@ class MaskRCNN(keras.Model):
             mask_matched,
             mask_size=rcnn_cfg.mask_size,
         )
-        mask_logits = self.mask_head(self.mask_features(features, mask_rois), training=training)
+        # Each positive RoI's target class (padding RoIs take channel 0; the loss skips them).
+        mask_channel = tf.where(mask_positive, mask_classes, 0)
+        mask_logits = self.mask_head(
+            self.mask_features(features, mask_rois), mask_channel, training=training
+        )
         losses.update(
             loss_ops.mask_loss(
                 mask_logits,
                 mask_targets,
-                mask_classes,
                 mask_positive,
                 weight=config.mask_head.loss_mask.loss_weight,
             )

@@ -289,10 +289,8 @@ def _align_on_atlas(
         method="bilinear",
         extrapolation_value=0.0,
     )
-    crops = tf.reshape(
-        crops * mask,
-        [-1, output_size, sampling_ratio, output_size, sampling_ratio, channels],
-    )
-    pooled = tf.reduce_mean(crops, axis=[2, 4])
+    # The mean of each bin's g x g samples: an average pool (several times faster on CPU
+    # than a reduce_mean over the strided sample axes).
+    pooled = tf.nn.avg_pool2d(crops * mask, sampling_ratio, sampling_ratio, "VALID")
     pooled = tf.reshape(pooled, [batch, num_boxes, output_size, output_size, channels])
     return tf.cast(pooled, dtype)

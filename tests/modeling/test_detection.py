@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from maskspine.modeling.detection import detect_boxes, select_class_masks
+from maskspine.modeling.detection import detect_boxes
 from maskspine.modeling.rpn import generate_proposals
 
 MAX_RATIO = abs(np.log(16 / 1000))
@@ -142,12 +142,3 @@ def test_generate_proposals_matches_per_level_nms():
         assert count == len(candidates)
         np.testing.assert_allclose(scores[b, :count], [t[0] for t in candidates], atol=1e-5)
         np.testing.assert_allclose(boxes[b, :count], [t[1] for t in candidates], atol=1e-3)
-
-
-def test_select_class_masks_picks_each_detections_channel():
-    logits = np.zeros((1, 2, 3, 3, 4), np.float32)
-    for c in range(4):
-        logits[..., c] = c * 10
-    got = select_class_masks(tf.constant(logits), tf.constant([[2, 3]]))
-    np.testing.assert_array_equal(got[0, 0].numpy(), np.full((3, 3), 20.0))
-    np.testing.assert_array_equal(got[0, 1].numpy(), np.full((3, 3), 30.0))

@@ -59,6 +59,13 @@ def _np_mask(logits, targets, classes, positive, weight):
     return weight * total / pixels if pixels else 0.0
 
 
+def _picked(logits, classes, positive):
+    """[B, K, M, M]: each RoI's class channel of all-class logits (what the mask head
+    computes for the loss), channel 0 for RoIs that are not positive."""
+    channel = np.where(positive, classes, 0) if logits.shape[-1] > 1 else np.zeros_like(classes)
+    return np.take_along_axis(logits, channel[:, :, None, None, None], axis=-1)[..., 0]
+
+
 # --- random inputs ---------------------------------------------------------------------------
 
 
@@ -192,7 +199,7 @@ def test_mask_loss_matches_numpy():
     rng = np.random.default_rng(2)
     logits, targets, classes, positive = _mask_inputs(rng)
     out = mask_loss(
-        tf.constant(logits), tf.constant(targets), tf.constant(classes), tf.constant(positive)
+        tf.constant(_picked(logits, classes, positive)), tf.constant(targets), tf.constant(positive)
     )
     np.testing.assert_allclose(
         out["mask_loss"].numpy(), _np_mask(logits, targets, classes, positive, 1.0), rtol=1e-5
@@ -203,9 +210,8 @@ def test_mask_loss_class_agnostic_and_uint8_targets():
     rng = np.random.default_rng(3)
     logits, targets, classes, positive = _mask_inputs(rng, num_classes=1)
     out = mask_loss(
-        tf.constant(logits),
+        tf.constant(_picked(logits, classes, positive)),
         tf.constant(targets.astype(np.uint8)),
-        tf.constant(classes),
         tf.constant(positive),
         weight=0.5,
     )
@@ -223,6 +229,7 @@ def _all_losses(rng, *, num_positive, weights=(1.0, 1.0, 1.0, 1.0, 1.0), dtype=t
         rng, num_positive=num_positive
     )
     m_logits, m_targets, m_classes, m_positive = _mask_inputs(rng, num_positive=num_positive)
+    m_logits = _picked(m_logits, m_classes, m_positive)
     variables = [
         tf.Variable(tf.cast(x, dtype)) for x in (logits, deltas, r_logits, r_deltas, m_logits)
     ]
@@ -253,7 +260,6 @@ def _all_losses(rng, *, num_positive, weights=(1.0, 1.0, 1.0, 1.0, 1.0), dtype=t
             mask_loss(
                 variables[4],
                 tf.constant(m_targets),
-                tf.constant(m_classes),
                 tf.constant(m_positive),
                 weight=weights[4],
             )

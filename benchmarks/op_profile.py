@@ -1,0 +1,149 @@
+"""Where inference or a training step spends its time, by TensorFlow op type, from the
+TensorFlow profiler's trace: each op's time on the executor threads, summed over a few
+calls after a warm-up.
+
+    python benchmarks/op_profile.py [--config configs/mask_rcnn_49_640.yaml] [--what infer|train]
+        [--precision float32|bfloat16] [--runs 3] [--set KEY=VALUE ...]
+
+Prints the share of conv / matmul kernels in all op time, then the op types and the single
+ops that take the most. Op times are CPU time on TensorFlow's executor threads (ops that
+run at once on two threads both count), so shares, not seconds, are the figures to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+#: Op types counted as convolution / matrix product kernels (oneDNN names included).
+MATRIX_OPS = (
+    "Conv2D",
+    "_MklConv2D",
+    "_MklNativeConv2D",
+    "_FusedConv2D",
+    "_MklFusedConv2D",
+    "_MklNativeFusedConv2D",
+    "Conv2DBackpropInput",
+    "Conv2DBackpropFilter",
+    "_MklNativeConv2DBackpropInput",
+    "_MklNativeConv2DBackpropFilter",
+    "_MklConv2DBackpropInput",
+    "_MklConv2DBackpropFilter",
+    "MatMul",
+    "_MklMatMul",
+    "_FusedMatMul",
+    "_MklFusedMatMul",
+    "_MklNativeFusedMatMul",
+    "BatchMatMulV2",
+    "BatchMatMulV3",
+    "_MklBatchMatMulV2",
+    "Einsum",
+    "DepthwiseConv2dNative",
+)
+
+
+def op_times(trace_dir: str) -> tuple[collections.Counter, collections.Counter]:
+    """(seconds by op type, seconds by op name) of the executor threads in a profiler trace."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    by_type: collections.Counter = collections.Counter()
+    by_name: collections.Counter = collections.Counter()
+    for path in Path(trace_dir).glob("plugins/profile/*/*.xplane.pb"):
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(path.read_bytes())
+        for plane in space.planes:
+            metadata = plane.event_metadata
+            for line in plane.lines:
+                if not line.name.startswith("tf_Compute"):
+                    continue
+                for event in line.events:
+                    name = metadata[event.metadata_id].name
+                    if ":" not in name or name.startswith("ExecutorState"):
+                        continue
+                    op_name, op_type = name.rsplit(":", 1)
+                    by_type[op_type] += event.duration_ps * 1e-12
+                    by_name[name] += event.duration_ps * 1e-12
+    return by_type, by_name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/mask_rcnn_49_640.yaml")
+    parser.add_argument("--what", choices=("infer", "train"), default="infer")
+    parser.add_argument("--precision", default=None)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+
+    import numpy as np
+    import tensorflow as tf
+
+    from maskspine.benchmark import synthetic_training_batch
+    from maskspine.config import load_config
+    from maskspine.data import load_categories
+    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.predict import predict_function
+    from maskspine.training.optimizer import build_optimizer
+    from maskspine.training.trainer import resolve_classes
+
+    overrides = args.overrides + ([f"precision={args.precision}"] if args.precision else [])
+    config = load_config(args.config, overrides)
+    if config.classes_from_data:
+        resolve_classes(config, load_categories("shapes"))
+    model = build_mask_rcnn(config)
+    if args.what == "infer":
+        size = (config.img_height, config.img_width)
+        images = tf.random.uniform([1, *size, 3], -1, 1, seed=0)
+        info = tf.constant([[size, size, [1.0, 1.0], [0.0, 0.0]]], tf.float32)
+        predict = predict_function(model)
+
+        def call():
+            return predict(images, info)
+    else:
+        model.compile(optimizer=build_optimizer(config, 100, model.precision), auto_scale_loss=False)
+        batch = {k: tf.constant(v) for k, v in synthetic_training_batch(config, config.batch_size).items()}
+        step = tf.function(model.train_step)
+
+        def call():
+            return step(batch)
+
+    tf.nest.map_structure(np.asarray, call())  # trace and warm up
+    with tempfile.TemporaryDirectory() as trace:
+        tf.profiler.experimental.start(trace)
+        start = time.perf_counter()
+        for _ in range(args.runs):
+            tf.nest.map_structure(np.asarray, call())
+        wall = (time.perf_counter() - start) / args.runs
+        tf.profiler.experimental.stop()
+        by_type, by_name = op_times(trace)
+    # Shares of the wall time of a call: asynchronous kernels (CropAndResize on CPU) have no
+    # op event in the trace, so the time that no event covers is listed as its own line.
+    total = wall * args.runs
+    matrix = sum(seconds for op, seconds in by_type.items() if op in MATRIX_OPS)
+    by_type["(not in an op event: CropAndResize, executor)"] = max(
+        total - sum(by_type.values()), 0.0
+    )
+    print(
+        f"{args.what}, {args.config} {' '.join(overrides)}, precision {model.precision}: "
+        f"{wall:.3f} s per call (with the profiler on), conv/matmul kernels "
+        f"{100 * matrix / total:.1f} % of it"
+    )
+    print("op types:")
+    for op, seconds in by_type.most_common(args.top):
+        print(f"  {100 * seconds / total:5.1f} %  {seconds / args.runs:7.3f} s  {op}")
+    print("ops:")
+    for op, seconds in by_name.most_common(args.top):
+        print(f"  {100 * seconds / total:5.1f} %  {seconds / args.runs:7.3f} s  {op}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

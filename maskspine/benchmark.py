@@ -1,0 +1,343 @@
+"""Timing a config on this machine: inference (the whole model and stage by stage), a
+training step and the training input pipeline. What `maskspine benchmark` prints, and what
+the scripts under `benchmarks/` call.
+
+    rows = run_benchmark(load_config("configs/mask_rcnn_49_640.yaml"), what=("infer",))
+    print(format_table(rows, machine_description()))
+
+Every figure is a median over `runs` timed calls after `warmup` untimed ones (the first
+traces the `tf.function`); a call's time includes bringing its outputs to the host. Peak
+memory is the process's resident-set high-water mark after each part (the parts run data,
+then inference, then training, each using more than the one before, so each figure is that
+part's peak).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+
+    from maskspine.config import Config
+
+WHAT = ("data", "infer", "train")
+
+
+@dataclass
+class Measurement:
+    """Timed calls of one thing.
+
+    Attributes:
+        part: "infer", "train" or "data".
+        name: what was timed ("whole model", "backbone", "training step", ...).
+        seconds: each timed call, seconds.
+        images: images per call.
+        peak_memory_bytes: the process's peak resident memory after the part (0 if unknown).
+        share_of: the name of the row this one is a part of (stages of the whole model).
+    """
+
+    part: str
+    name: str
+    seconds: list[float]
+    images: int
+    peak_memory_bytes: int = 0
+    share_of: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.median if self.median > 0 else float("inf")
+
+
+def time_calls(function: Callable[[], Any], runs: int = 5, warmup: int = 1) -> list[float]:
+    """Seconds of `runs` calls of `function` after `warmup` untimed ones; each call's
+    result is brought to numpy inside the timing (TensorFlow runs asynchronously)."""
+    import tensorflow as tf
+
+    def call() -> None:
+        tf.nest.map_structure(lambda value: np.asarray(value), function())
+
+    for _ in range(warmup):
+        call()
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def peak_memory_bytes() -> int:
+    """The process's peak resident memory so far (0 where `resource` is missing)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def machine_description() -> str:
+    """CPU, cores, native bfloat16, GPUs and the TensorFlow version: what sets the figures."""
+    import tensorflow as tf
+
+    from maskspine.precision import cpu_has_native_bfloat16, gpu_compute_capabilities
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    gpus = gpu_compute_capabilities()
+    gpu_text = ", ".join(f"GPU (compute {major}.{minor})" for major, minor in gpus) or "no GPU"
+    bf16 = "AMX/AVX512-BF16" if cpu_has_native_bfloat16() else "no native bfloat16"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {bf16}; {gpu_text}; TensorFlow {tf.__version__}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def benchmark_inference(
+    model: keras.Model, batch_size: int = 1, runs: int = 5, seed: int = 0
+) -> list[Measurement]:
+    """The whole model, then each stage as its own `tf.function` over the previous stage's
+    outputs: backbone; RPN + proposals; box head (multilevel RoIAlign, convs, FC); box head +
+    class-wise decode + NMS; mask head on the detections (RoIAlign, FCN, class pick).
+
+    Args:
+        model: a `MaskRCNN`.
+        batch_size: images per call (random images of the config's size).
+    """
+    import tensorflow as tf
+
+    from maskspine.predict import predict_function
+
+    config = model.config
+    size = (config.img_height, config.img_width)
+    images = tf.random.stateless_uniform([batch_size, *size, 3], seed=[seed, 0]) * 2.0 - 1.0
+    info = tf.constant([[size, size, [1.0, 1.0], [0.0, 0.0]]], tf.float32)
+    info = tf.tile(info, [batch_size, 1, 1])
+    image_shape = info[:, 1, :]
+    predict = predict_function(model)
+    whole = Measurement(
+        "infer", "whole model", time_calls(lambda: predict(images, info), runs), batch_size
+    )
+
+    backbone = tf.function(lambda x: model.backbone(x, training=False))
+    features = backbone(images)
+    propose = tf.function(lambda f: model.propose(f, image_shape, training=False)[2:])
+    proposals, valid = propose(features)
+
+    @tf.function
+    def box_head(f, p):
+        return model.box_head(model.box_features(f, p), training=False)
+
+    detect = tf.function(lambda f, p, v: model.detect(f, p, v, image_shape))
+    detections = detect(features, proposals, valid)
+    masks = tf.function(model.detection_masks)
+    boxes, classes = detections["detection_boxes"], detections["detection_classes"]
+    stages = [
+        ("backbone", lambda: backbone(images)),
+        ("RPN + proposals", lambda: propose(features)),
+        ("box head (RoIAlign, convs, FC)", lambda: box_head(features, proposals)),
+        ("box head + decode + NMS", lambda: detect(features, proposals, valid)),
+        ("mask head (RoIAlign, FCN)", lambda: masks(features, boxes, classes)),
+    ]
+    rows = [whole]
+    for name, function in stages:
+        rows.append(
+            Measurement("infer", name, time_calls(function, runs), batch_size, share_of=whole.name)
+        )
+    peak = peak_memory_bytes()
+    for row in rows:
+        row.peak_memory_bytes = peak
+    return rows
+
+
+# --------------------------------------------------------------------------- training
+
+
+def synthetic_training_batch(
+    config: Config, batch_size: int, instances: int = 8, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """A training batch of the architecture's contract with `instances` random boxes of
+    random classes per image (ellipse masks), for timing a step without a data set."""
+    rng = np.random.default_rng(seed)
+    height, width = config.img_height, config.img_width
+    size = config.mask_crop_size
+    count = min(instances, config.num_gts)
+    boxes = -np.ones((batch_size, config.num_gts, 4), np.float32)
+    classes = -np.ones((batch_size, config.num_gts), np.int32)
+    masks = np.zeros((batch_size, config.num_gts, size, size), np.uint8)
+    cells = (np.arange(size) + 0.5) / size * 2 - 1
+    ellipse = (cells[:, None] ** 2 + cells[None, :] ** 2 <= 1).astype(np.uint8)
+    for b in range(batch_size):
+        for g in range(count):
+            box_h = rng.uniform(0.1, 0.5) * height
+            box_w = rng.uniform(0.1, 0.5) * width
+            y1, x1 = rng.uniform(0, height - box_h), rng.uniform(0, width - box_w)
+            boxes[b, g] = [y1, x1, y1 + box_h, x1 + box_w]
+            classes[b, g] = rng.integers(1, config.num_classes)
+            masks[b, g] = ellipse
+    info = np.array([[height, width], [height, width], [1, 1], [0, 0]], np.float32)
+    return {
+        "images": rng.normal(size=(batch_size, height, width, 3)).astype(np.float32),
+        "image_info": np.tile(info, (batch_size, 1, 1)),
+        "gt_boxes": boxes,
+        "gt_classes": classes,
+        "gt_is_crowd": np.zeros((batch_size, config.num_gts), bool),
+        "gt_masks": masks,
+    }
+
+
+def benchmark_training(
+    config: Config, batch_size: int | None = None, runs: int = 5
+) -> list[Measurement]:
+    """One training step (forward, losses, backward, optimizer update) of a fresh model of
+    `config` (its `precision` and optimizer), on a synthetic batch."""
+    import tensorflow as tf
+
+    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.training.optimizer import build_optimizer
+
+    batch_size = batch_size or config.batch_size
+    model = build_mask_rcnn(config)
+    model.compile(
+        optimizer=build_optimizer(config, steps_per_epoch=100, precision=model.precision),
+        auto_scale_loss=False,
+    )
+    batch = {
+        key: tf.constant(value)
+        for key, value in synthetic_training_batch(config, batch_size).items()
+    }
+    step = tf.function(model.train_step)
+    row = Measurement("train", "training step", time_calls(lambda: step(batch), runs), batch_size)
+    row.peak_memory_bytes = peak_memory_bytes()
+    return [row]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def benchmark_data(
+    config: Config,
+    source: str = "shapes",
+    batch_size: int | None = None,
+    batches: int = 20,
+    runs: int = 5,
+    data_dir: str | os.PathLike | None = None,
+) -> list[Measurement]:
+    """The training input pipeline (`build_dataset(training=True)`, augmentation on): the
+    time of `batches` batches, `runs` times after a warm-up of as many."""
+    from maskspine.data import build_dataset
+
+    batch_size = batch_size or config.batch_size
+    dataset = build_dataset(
+        config, source, training=True, batch_size=batch_size, data_dir=data_dir, start_batch=0
+    )
+    iterator = iter(dataset)
+
+    def some_batches():
+        for _ in range(batches):
+            batch = next(iterator)
+        return batch["images"]
+
+    row = Measurement(
+        "data",
+        f"input pipeline ({batches} batches)",
+        time_calls(some_batches, runs),
+        batches * batch_size,
+    )
+    row.peak_memory_bytes = peak_memory_bytes()
+    return [row]
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def run_benchmark(
+    config: Config,
+    *,
+    model: keras.Model | None = None,
+    what: Sequence[str] = WHAT,
+    batch_size: int | None = None,
+    runs: int = 5,
+    data_source: str = "shapes",
+    data_dir: str | os.PathLike | None = None,
+) -> list[Measurement]:
+    """The parts of `what` (in the order data, infer, train).
+
+    Args:
+        config: the config (classes resolved); its `precision` applies to every part.
+        model: the model to time at inference (a loaded checkpoint); default a fresh one.
+        batch_size: images per call (default `test_batch_size` for inference, `batch_size`
+            for training and data).
+        runs: timed calls per figure.
+    """
+    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+
+    unknown = sorted(set(what) - set(WHAT))
+    if unknown:
+        raise ValueError(f"unknown part {unknown}: choose from {', '.join(WHAT)}")
+    rows: list[Measurement] = []
+    if "data" in what:
+        rows += benchmark_data(config, data_source, batch_size, runs=runs, data_dir=data_dir)
+    if "infer" in what:
+        model = model or build_mask_rcnn(config)
+        rows += benchmark_inference(model, batch_size or config.test_batch_size, runs)
+    if "train" in what:
+        rows += benchmark_training(config, batch_size, runs)
+    return rows
+
+
+def format_table(rows: Sequence[Measurement], header: str = "") -> str:
+    """One table: part, what, median seconds per call, images/s, share of the whole model,
+    peak memory."""
+    lines = [header] if header else []
+    titles = ("part", "what", "median s", "images/s", "share", "peak memory")
+    table = []
+    wholes = {row.name: row.median for row in rows if row.share_of is None}
+    for row in rows:
+        share = f"{100 * row.median / wholes[row.share_of]:.0f} %" if row.share_of else ""
+        memory = f"{row.peak_memory_bytes / 2**30:.1f} GiB" if row.peak_memory_bytes else ""
+        table.append(
+            (
+                row.part,
+                ("  " if row.share_of else "") + row.name,
+                f"{row.median:.3f}",
+                f"{row.images_per_second:.2f}",
+                share,
+                memory,
+            )
+        )
+    widths = [max(len(t), *(len(r[i]) for r in table)) for i, t in enumerate(titles)]
+    lines.append("  ".join(t.ljust(w) for t, w in zip(titles, widths)))
+    for r in table:
+        lines.append(
+            "  ".join(
+                v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))
+            )
+        )
+    return "\n".join(lines)
