@@ -87,6 +87,29 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     return path
 
 
+def load_json_file(
+    path: str | os.PathLike, what: str, error: type[Exception] = ValueError, fix: str = ""
+) -> Any:
+    """The JSON a user named (a predictions file, ...), or one clear error naming it.
+
+    Args:
+        what: what the file is, for the messages ("predictions file").
+        error: the exception raised for a file that is not JSON (a `MaskspineError`).
+        fix: appended to that message (what to do about it).
+
+    Raises:
+        FileNotFoundError: `{what} not found: {path}`.
+        error: `{path}: not valid JSON (...)` + fix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as problem:
+        raise error(f"{path}: not valid JSON ({problem}){fix}") from None
+
+
 def read_json(path: str | os.PathLike, default: Any) -> Any:
     """The JSON in `path`, or `default` when the file is missing or damaged (a warning
     names a damaged file: the bookkeeping it held is rebuilt from the checkpoints)."""

@@ -45,7 +45,7 @@ import numpy as np
 
 from maskspine.boxes import xywh_to_yxyx, yxyx_to_xywh
 from maskspine.errors import InferenceError
-from maskspine.files import atomic_text_file, write_text_atomic
+from maskspine.files import atomic_text_file, load_json_file, write_text_atomic
 
 #: Digits of the frame number in a video frame's key (`frame_key`).
 FRAME_KEY_DIGITS = 6
@@ -244,12 +244,7 @@ def load_inference_json(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
         InferenceError: naming the file and the first entry that is not in the format.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"predictions file not found: {path}")
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InferenceError(f"{path}: not valid JSON ({error})") from None
+    entries = load_json_file(path, "predictions file", InferenceError)
     if isinstance(entries, list):
         raise InferenceError(
             f"{path} is a list of COCO results (the file `maskspine eval --predictions` "

@@ -153,7 +153,22 @@ def _frame_rate(stream: Any) -> Fraction:
     return Fraction(25)
 
 
-class _AvSource:
+class _ClosedOnExit:
+    """`with obj:` closes `obj` at the end, error or not."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _AvSource(_ClosedOnExit):
     """Frames of an open PyAV container's first video stream (see `VideoFile`, `Camera`)."""
 
     info: VideoInfo
@@ -221,17 +236,6 @@ class _AvSource:
 
     def close(self) -> None:
         self._container.close()
-
-    def __enter__(self) -> _AvSource:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _mp4_without_index(path: Path) -> bool:
@@ -420,7 +424,7 @@ def open_source(spec: str | os.PathLike) -> FrameSource:
 # --------------------------------------------------------------------------- writing
 
 
-class VideoWriter:
+class VideoWriter(_ClosedOnExit):
     """Writes RGB frames as a video file: H.264 in .mp4 / .m4v / .mov / .mkv (the index at
     the front of MP4s, for streaming), VP9 in .webm, MPEG-4 part 2 in .avi, or a GIF.
 
@@ -501,17 +505,6 @@ class VideoWriter:
                 self._container.close()
                 self._container = None
         return self.path
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # --------------------------------------------------------------------------- showing

@@ -28,7 +28,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from maskspine.files import write_text_atomic
+from maskspine.files import load_json_file, write_text_atomic
 
 #: The 12 numbers of `COCOeval.summarize`, in its order.
 STAT_NAMES = (
@@ -375,15 +375,7 @@ def load_predictions(path: str | os.PathLike) -> list[dict[str, Any]]:
         ValueError: naming the file when it is not a JSON list of result records.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"predictions file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as file:
-            records = json.load(file)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(
-            f"{path}: not valid JSON ({error}); delete it to run the model again"
-        ) from None
+    records = load_json_file(path, "predictions file", fix="; delete it to run the model again")
     if not isinstance(records, list):
         raise ValueError(f"{path}: a predictions file is a JSON list of COCO result records")
     for index, record in enumerate(records):

@@ -449,6 +449,7 @@ def _train_in(
             steps_per_epoch=steps,
             callbacks=items,
             verbose=verbose,
+            shuffle=False,  # the stream is shuffled per pass already (Keras would warn)
         )
         for key, values in fit.history.items():
             history.setdefault(key, []).extend(values)

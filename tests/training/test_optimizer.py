@@ -286,3 +286,28 @@ def test_auto_precision_follows_the_hardware(tmp_path, monkeypatch):
     assert precision.resolve_precision("float32") == "float32"
     with pytest.raises(ValueError, match="precision"):
         precision.resolve_precision("int8")
+
+
+@pytest.mark.slow  # float16 kernels are emulated on CPUs: minutes for one step of a tiny model
+def test_a_float16_model_takes_a_loss_scaled_step_on_cpu(tiny_config):
+    import numpy as np
+    import tensorflow as tf
+    from model_fixtures import make_batch
+
+    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+
+    tiny_config.precision = "float16"
+    tiny_config.loss_scale = 1024.0
+    model = build_mask_rcnn(tiny_config)
+    assert model.box_head.convs[0].compute_dtype == "float16"
+    model.compile(
+        optimizer=build_optimizer(tiny_config, steps_per_epoch=10, precision=model.precision),
+        auto_scale_loss=False,
+    )
+    before = [w.numpy() for w in model.trainable_weights]
+    batch, _ = make_batch(1)
+    logs = model.train_step({k: tf.constant(v) for k, v in batch.items()})
+    assert np.isfinite(float(logs["loss"]))
+    assert model.optimizer.dynamic_scale.dtype == tf.float32
+    changed = [not np.array_equal(a, w.numpy()) for a, w in zip(before, model.trainable_weights)]
+    assert sum(changed) > len(changed) // 2  # unscaled gradients reached the weights
