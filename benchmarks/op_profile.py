@@ -108,8 +108,13 @@ def main() -> None:
         def call():
             return predict(images, info)
     else:
-        model.compile(optimizer=build_optimizer(config, 100, model.precision), auto_scale_loss=False)
-        batch = {k: tf.constant(v) for k, v in synthetic_training_batch(config, config.batch_size).items()}
+        model.compile(
+            optimizer=build_optimizer(config, 100, model.precision), auto_scale_loss=False
+        )
+        batch = {
+            k: tf.constant(v)
+            for k, v in synthetic_training_batch(config, config.batch_size).items()
+        }
         step = tf.function(model.train_step)
 
         def call():

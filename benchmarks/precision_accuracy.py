@@ -1,0 +1,101 @@
+"""The accuracy cost of a precision: one checkpoint evaluated in float32 and in another
+precision on the same validation split (COCO bbox and segm mAP), and its detections
+matched one to one (same class, IoU >= 0.5, greedy by score) with their box and score
+differences.
+
+    python benchmarks/precision_accuracy.py --checkpoint runs/<shapes demo run> \\
+        [--val-data shapes] [--precision bfloat16] [--images 100]
+
+Prints both mAPs and their difference, then for the matched detections the median and
+largest box-corner difference (pixels) and score difference, and how many detections of
+each precision found no partner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _iou(a, b) -> float:
+    y1, x1 = max(a[0], b[0]), max(a[1], b[1])
+    y2, x2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(y2 - y1, 0.0) * max(x2 - x1, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match(reference: list[dict], other: list[dict]) -> tuple[list[tuple[dict, dict]], int, int]:
+    """Greedy one-to-one matching by reference score: same class, IoU >= 0.5."""
+    free = list(other)
+    pairs = []
+    for detection in sorted(reference, key=lambda d: -d["score"]):
+        candidates = [
+            o
+            for o in free
+            if o["label"] == detection["label"] and _iou(o["box"], detection["box"]) >= 0.5
+        ]
+        if candidates:
+            best = max(candidates, key=lambda o: _iou(o["box"], detection["box"]))
+            free.remove(best)
+            pairs.append((detection, best))
+    return pairs, len(reference) - len(pairs), len(free)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--val-data", default=None)
+    parser.add_argument("--precision", default="bfloat16")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+
+    import numpy as np
+
+    from maskspine.checkpoints import load_model
+    from maskspine.evaluation.runner import evaluate_model, evaluation_data
+    from maskspine.postprocess import detections_to_instances
+    from maskspine.predict import run_detections
+
+    results = {}
+    for precision in ("float32", args.precision):
+        model, config, weights = load_model(
+            args.checkpoint, overrides=[*args.overrides, f"precision={precision}"]
+        )
+        report = evaluate_model(model, config, args.val_data, progress=False, print_summary=False)
+        data = evaluation_data(config, args.val_data)
+        detections = {}
+        for values, outputs in run_detections(model, data.dataset):
+            instances = detections_to_instances(outputs, values["image_info"])
+            detections[int(values["image_id"])] = [
+                {"box": i["box_yxyx"], "score": i["score"], "label": i["label"]} for i in instances
+            ]
+        results[precision] = (report.stats, detections)
+        print(f"{precision} ({model.precision}): {weights}")
+    (stats32, det32), (stats_low, det_low) = results["float32"], results[args.precision]
+    for iou_type in ("bbox", "segm"):
+        a, b = stats32[iou_type]["AP"], stats_low[iou_type]["AP"]
+        print(f"{iou_type} mAP: float32 {a:.4f}, {args.precision} {b:.4f}, difference {b - a:+.4f}")
+    box_diffs, score_diffs, missing, extra, total = [], [], 0, 0, 0
+    for image_id, reference in det32.items():
+        pairs, unmatched, unpaired = match(reference, det_low.get(image_id, []))
+        missing, extra, total = missing + unmatched, extra + unpaired, total + len(reference)
+        for a, b in pairs:
+            box_diffs.append(np.abs(np.subtract(a["box"], b["box"])).max())
+            score_diffs.append(abs(a["score"] - b["score"]))
+    print(
+        f"detections: {total} in float32, {len(box_diffs)} matched, {missing} without a "
+        f"{args.precision} partner, {extra} {args.precision} ones without a float32 partner"
+    )
+    if box_diffs:
+        print(
+            f"matched: box corners differ by median {np.median(box_diffs):.3f} px, at most "
+            f"{np.max(box_diffs):.3f} px; scores by median {np.median(score_diffs):.4f}, at "
+            f"most {np.max(score_diffs):.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
