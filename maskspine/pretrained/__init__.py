@@ -5,14 +5,15 @@ maskspine run directories (`maskspine import-weights`).
 
     report = import_weights("spinenet-49.tar.gz", format="tpu", model="49", output="runs/coco49")
     print(report.summary())
+
+Importing this package loads neither TensorFlow nor Keras (the CLI's error mapping imports
+`WeightsImportError` from it); `import_weights` and the rest load on first use.
 """
 
-from maskspine.pretrained.importer import (
-    FORMATS,
-    ImportReport,
-    import_weights,
-    pretrained_config_path,
-)
+from __future__ import annotations
+
+from typing import Any
+
 from maskspine.pretrained.sources import WeightsImportError
 
 __all__ = [
@@ -22,3 +23,11 @@ __all__ = [
     "import_weights",
     "pretrained_config_path",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("FORMATS", "ImportReport", "import_weights", "pretrained_config_path"):
+        from maskspine.pretrained import importer
+
+        return getattr(importer, name)
+    raise AttributeError(f"module 'maskspine.pretrained' has no attribute {name!r}")

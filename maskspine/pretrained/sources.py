@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from maskspine.errors import WeightsImportError
+
+__all__ = ["OBJECT_GRAPH_KEY", "OpenCheckpoint", "WeightsImportError", "open_checkpoint"]
+
 #: Key that only object-based (`tf.train.Checkpoint`) checkpoints hold.
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 _STEP = re.compile(r"-(\d+)$")
-
-
-class WeightsImportError(ValueError):
-    """A checkpoint that cannot be imported; the message says what and how to fix it."""
 
 
 @dataclass
