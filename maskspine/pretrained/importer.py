@@ -238,7 +238,7 @@ def _check(
             problems.append(f"  {len(items)} {title}:\n    {shown}{more}")
     guess = _guess_model(shapes, format, exclude=model)
     hint = (
-        f"the checkpoint fits --model {guess}"
+        f"its variables are those of --model {guess}"
         if guess
         else f"is it a {format} SpineNet Mask R-CNN checkpoint with the published settings?"
     )
@@ -249,8 +249,12 @@ def _check(
 
 
 def _guess_model(shapes: dict[str, tuple[int, ...]], format: str, *, exclude: str) -> str | None:
-    """The model id whose variable names and endpoint widths the checkpoint has, if any."""
-    keys = set(shapes)
+    """The model id(s) whose variable names the checkpoint has (narrowed by the width of the
+    endpoints when names alone do not decide, e.g. 49 and 49S), as "49" or "49 or 49S"."""
+    from maskspine.modeling.mask_rcnn import endpoint_channels
+
+    keys = {key for key in shapes if _why_ignored(key, format) is None}
+    fits, widths = [], []
     for candidate in FORMATS[format]:
         if candidate == exclude:
             continue
@@ -259,14 +263,14 @@ def _guess_model(shapes: dict[str, tuple[int, ...]], format: str, *, exclude: st
             mapping = _variable_map(config, _Keys(format, shapes))
         except WeightsImportError:
             continue
-        if not set(mapping) <= keys:
+        if set(mapping) != keys:
             continue
-        from maskspine.modeling.mask_rcnn import endpoint_channels
-
+        fits.append(candidate)
         endpoint = [k for k, t in mapping.items() if t == "endpoint_P3_conv/kernel"]
         if endpoint and shapes[endpoint[0]][-1] == endpoint_channels(config):
-            return candidate
-    return None
+            widths.append(candidate)
+    found = widths or fits
+    return " or ".join(found) if found else None
 
 
 class _Keys:
