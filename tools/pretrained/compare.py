@@ -132,9 +132,18 @@ def main() -> None:
     proposals = proposals.numpy()[0]
     t_rois = ref["rpn_rois"][0]
     same = np.abs(proposals - t_rois).max(axis=1) <= BOX_TOL
-    line("proposals (same order)", np.abs(proposals - t_rois).max())
-    figures["proposals_identical_rows"] = int(same.sum())
-    print(f"  proposals within {BOX_TOL} px, row by row: {same.sum()} of {len(same)}")
+    nearest = np.abs(t_rois[:, None, :] - proposals[None, :, :]).max(-1).min(1)
+    as_set = nearest <= BOX_TOL
+    inside = np.abs(proposals - t_rois)[same].max() if same.any() else np.nan
+    line("proposals (rows in the same place)", inside)
+    t_scores = ref["rpn_roi_scores"][0]
+    gaps = [min(abs(t_scores[i] - t_scores[k]) for k in (i - 1, i + 1) if 0 <= k < len(t_scores))
+            for i in np.flatnonzero(~same)]  # fmt: skip
+    figures["proposals"] = {"same_place": int(same.sum()), "as_a_set": int(as_set.sum()),
+                            "moved_rows_score_gap_to_neighbour_max": float(max(gaps, default=0))}  # fmt: skip
+    print(f"  proposals within {BOX_TOL} px: {same.sum()} of {len(same)} in the same place, "
+          f"{as_set.sum()} as a set" + (f"; the moved rows' score differs from a neighbour's by "
+          f"at most {max(gaps):.2g} (order of near-equal scores)" if gaps else ""))  # fmt: skip
     class_logits, box_deltas = model.box_head(
         model.box_features(features, tf.constant(ref["rpn_rois"])), training=False
     )
