@@ -104,12 +104,16 @@ def _padded_per_class_nms(
     # Per class: sorted by score (ties to the lower index), boxes at or below the score
     # threshold turned into zero "dots" that the padded NMS never selects.
     sorted_scores, order = tf.math.top_k(per_class_scores, k=num_boxes, sorted=True)
-    sorted_boxes = tf.gather(per_class_boxes, order, batch_dims=2)
+    # Only boxes above the threshold can be selected or suppress: the NMS runs on the
+    # longest such prefix over the classes (the rest of each row would be dots).
     above = sorted_scores > score_thr
+    count = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(above, tf.int32), axis=-1)), 1)
+    order, above, sorted_scores = order[..., :count], above[..., :count], sorted_scores[..., :count]
+    sorted_boxes = tf.gather(per_class_boxes, order, batch_dims=2)
     sorted_scores = tf.where(above, sorted_scores, 0.0)
     sorted_boxes = tf.where(above[..., None], sorted_boxes, 0.0)
-    flat_boxes = tf.reshape(sorted_boxes, [-1, num_boxes, 4])
-    flat_scores = tf.reshape(sorted_scores, [-1, num_boxes])
+    flat_boxes = tf.reshape(sorted_boxes, [batch * num_classes, -1, 4])
+    flat_scores = tf.reshape(sorted_scores, [batch * num_classes, -1])
     indices, num_valid = padded_nms(flat_boxes, flat_scores, max_per_img, iou_threshold)
     slot_valid = tf.range(max_per_img)[None, :] < num_valid[:, None]  # [B*C, D]
     kept_boxes = tf.gather(flat_boxes, indices, batch_dims=1)

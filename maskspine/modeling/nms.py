@@ -19,13 +19,20 @@ import tensorflow as tf
 NMS_RULES = ("combined", "padded")
 
 
+#: Boxes compared at once by the tiled NMS. The result does not depend on it (tiles only
+#: parallelise the greedy pass); 64 is far faster on CPU than TF's default 512 for the
+#: per-class detection NMS, where most rows hold few boxes.
+NMS_TILE_SIZE = 64
+
+
 def padded_nms(
     boxes: tf.Tensor, scores: tf.Tensor, max_output_size: int, iou_threshold: float
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Greedy NMS of boxes already sorted by descending score, with the padded rule.
 
     Args:
-        boxes: [B, N, 4] yxyx, sorted by descending `scores` within each row.
+        boxes: [B, N, 4] yxyx, sorted by descending `scores` within each row (N may be
+            dynamic).
         scores: [B, N] float, descending (only the order matters here).
         max_output_size: K, the most boxes kept per row.
         iou_threshold: a box is dropped when its IoU with a kept, better box is >= this.
@@ -42,5 +49,6 @@ def padded_nms(
         pad_to_max_output_size=True,
         sorted_input=True,
         canonicalized_coordinates=True,
+        tile_size=NMS_TILE_SIZE,
     )
     return tf.cast(indices, tf.int32), tf.cast(num_valid, tf.int32)

@@ -91,3 +91,15 @@ def write_modelgarden_checkpoint(prefix: str, variables: dict[str, np.ndarray]) 
     tops = {key.split("/", 1)[0] for key in variables}
     checkpoint = tf.train.Checkpoint(**{top: getattr(root, top) for top in tops})
     return checkpoint.write(prefix)
+
+
+def plausible(name: str, shape, rng: np.random.Generator) -> np.ndarray:
+    """A value a trained network could hold (BatchNorm scales and variances near 1, small
+    kernels), so that a model filled with them computes finite outputs."""
+    leaf = name.removesuffix(VALUE_SUFFIX).rsplit("/", 1)[-1]
+    if leaf in ("gamma", "moving_variance"):
+        return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    if leaf in ("beta", "moving_mean", "bias"):
+        return rng.normal(0, 0.05, shape).astype(np.float32)
+    fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    return rng.normal(0, 1.0 / np.sqrt(fan_in), shape).astype(np.float32)
