@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from maskspine.cli.common import SET_HELP, user_errors
 
 

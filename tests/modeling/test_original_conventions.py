@@ -392,10 +392,14 @@ def test_box_head_with_conv_bias_and_batch_norm_after_the_fc_matches_numpy():
     w = _randomize(head, rng)
     x = rng.normal(size=(1, 1, 3, 3, 2)).astype(np.float32)
     logits, deltas = head(x)
-    swish = lambda v: v / (1 + np.exp(-v))  # noqa: E731
-    bn = lambda v, n: np_batch_norm(
-        v, *(w[f"{n}/{k}"] for k in ("gamma", "beta", "moving_mean", "moving_variance")), 1e-3
-    )  # noqa: E501, E731
+
+    def swish(v):
+        return v / (1 + np.exp(-v))
+
+    def bn(v, n):
+        stats = (w[f"{n}/{k}"] for k in ("gamma", "beta", "moving_mean", "moving_variance"))
+        return np_batch_norm(v, *stats, 1e-3)
+
     y = swish(
         bn(
             np_conv2d(x[0, 0], w["box_head_conv1/kernel"], 1, (1, 1), w["box_head_conv1/bias"]),
@@ -422,10 +426,12 @@ def test_mask_head_with_batch_norm_after_the_deconv_matches_numpy():
     head.build((None, None, 2, 2, 2))
     w = _randomize(head, rng)
     x = rng.normal(size=(1, 1, 2, 2, 2)).astype(np.float32)
-    logits = head(x).numpy()[0, 0]
-    bn = lambda v, n: np_batch_norm(
-        v, *(w[f"{n}/{k}"] for k in ("gamma", "beta", "moving_mean", "moving_variance")), 1e-3
-    )  # noqa: E501, E731
+    logits = head(x, np.array([[1]])).numpy()[0, 0]  # the channel of class 1
+
+    def bn(v, n):
+        stats = (w[f"{n}/{k}"] for k in ("gamma", "beta", "moving_mean", "moving_variance"))
+        return np_batch_norm(v, *stats, 1e-3)
+
     y = np.maximum(
         bn(
             np_conv2d(x[0, 0], w["mask_head_conv1/kernel"], 1, (1, 1), w["mask_head_conv1/bias"]),
@@ -441,7 +447,7 @@ def test_mask_head_with_batch_norm_after_the_deconv_matches_numpy():
                 for b in range(2):
                     up[2 * i + a, 2 * j + b] = kernel[a, b] @ y[i, j]
     up = np.maximum(bn(up + w["mask_head_deconv/bias"], "mask_head_deconv_bn"), 0)
-    expected = up @ w["mask_head_logits/kernel"][0, 0] + w["mask_head_logits/bias"]
+    expected = up @ w["mask_head_logits/kernel"][0, 0, :, 1] + w["mask_head_logits/bias"][1]
     np.testing.assert_allclose(logits, expected, atol=1e-4)
 
 

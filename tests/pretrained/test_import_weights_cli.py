@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 from checkpoint_fixtures import TINY_PRETRAINED_OVERRIDES, plausible, write_tpu_checkpoint
-from maskspine.cli.main import app
 from test_import_weights import _tiny_variables
 from typer.testing import CliRunner
 
+from maskspine.cli.main import app
 from maskspine.data.shapes import ShapesSpec, write_shapes_split
 
 
