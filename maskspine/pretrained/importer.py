@@ -315,8 +315,8 @@ def _fill(
         report.modules.append((module, len(targets), len(targets), values))
 
 
-#: Checkpoint keys that are not model weights, by why they are ignored.
 def _why_ignored(key: str, format: str) -> str | None:
+    """Why a checkpoint key that is not a model weight is left out on purpose, or None."""
     if format == "tpu":
         leaf = key.rsplit("/", 1)[-1]
         if key in ("global_step",) or key.endswith("/global_step"):
