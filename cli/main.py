@@ -17,6 +17,7 @@ from maskspine.cli.data import app as data_app
 from maskspine.cli.draw import draw_command
 from maskspine.cli.evaluate import eval_command
 from maskspine.cli.export import export_command
+from maskspine.cli.import_weights import import_weights_command
 from maskspine.cli.infer import infer_command
 from maskspine.cli.train import train_command
 
@@ -65,3 +66,4 @@ app.command("infer")(infer_command)
 app.command("draw")(draw_command)
 app.command("export")(export_command)
 app.command("benchmark")(benchmark_command)
+app.command("import-weights")(import_weights_command)

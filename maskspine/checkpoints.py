@@ -8,6 +8,9 @@ A run directory (`maskspine train`) holds:
     best_ckpt/best-epoch0003.weights.h5    the best by segm mAP
     best_ckpt/best.json               their scores
 
+A run directory written by `maskspine import-weights` (published weights) holds
+`config.yaml` and `model.weights.h5` (the model's weights alone) instead.
+
 `.weights.h5` files are Keras' own format; a file written by a compiled model holds
 the optimizer's variables too, so one file resumes training exactly.
 """
@@ -40,6 +43,8 @@ BEST_DIR = "best_ckpt"
 BEST_INDEX = "best.json"
 STATE_FILE = "state.json"
 WEIGHTS_SUFFIX = ".weights.h5"
+#: The weights of a run directory written by `maskspine import-weights`.
+IMPORTED_WEIGHTS = "model.weights.h5"
 _STEP_PATTERN = re.compile(r"ckpt-(\d+)\.weights\.h5$")
 
 
@@ -92,7 +97,8 @@ def best_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A weights file as given, or for a run directory its best checkpoint, else its latest.
+    """A weights file as given, or for a run directory its best checkpoint, else its latest,
+    else its imported weights (`model.weights.h5` of `maskspine import-weights`).
 
     Raises:
         CheckpointError: nothing usable at `path`.
@@ -104,11 +110,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
         found = best_checkpoint(path) or latest_checkpoint(path)
         if found is None and path.name in (CHECKPOINT_DIR, BEST_DIR):
             found = best_checkpoint(path.parent) or latest_checkpoint(path.parent)
+        if found is None and (path / IMPORTED_WEIGHTS).is_file():
+            found = path / IMPORTED_WEIGHTS
         if found is None:
             raise CheckpointError(
                 f"no checkpoint in {path}: expected {BEST_DIR}/{BEST_INDEX} or "
-                f"{CHECKPOINT_DIR}/ckpt-*{WEIGHTS_SUFFIX} (a run directory of `maskspine train`) "
-                f"or a {WEIGHTS_SUFFIX} file"
+                f"{CHECKPOINT_DIR}/ckpt-*{WEIGHTS_SUFFIX} (a run directory of `maskspine train`), "
+                f"{IMPORTED_WEIGHTS} (of `maskspine import-weights`) or a {WEIGHTS_SUFFIX} file"
             )
         return found
     raise CheckpointError(f"checkpoint not found: {path}")

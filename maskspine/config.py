@@ -51,6 +51,27 @@ SPINENET_ARCHS = ("49S", "49", "96", "143", "143L", "190")
 #: norm_cfg.type values: per-replica BatchNorm, or BatchNorm synchronised over replicas.
 NORM_TYPES = ("BN", "SyncBN")
 
+#: Allowed values of the string options that select a behaviour of another codebase
+#: (key -> values, the default first). `validate` checks them.
+CHOICES = {
+    "backbone.conv_padding": ("same", "symmetric"),
+    "backbone.downsample_pooling": ("repeated", "single"),
+    "backbone.activation": ("relu", "swish"),
+    "rpn.activation": ("relu", "swish"),
+    "bbox_head.activation": ("relu", "swish"),
+    "mask_head.activation": ("relu", "swish"),
+    "rpn.anchor_generator.ratio_convention": ("height_over_width", "width_over_height"),
+    "rpn.bbox_coder.dhdw_clip": ("both", "upper"),
+    "bbox_head.bbox_coder.dhdw_clip": ("both", "upper"),
+    "roi.level_assignment": ("finest_scale", "canonical"),
+    "mask_roi.level_assignment": ("finest_scale", "canonical"),
+    "train_cfg.rpn_proposal.nms_rule": ("combined", "padded"),
+    "test_cfg.rpn.nms_rule": ("combined", "padded"),
+    "test_cfg.rcnn.nms_rule": ("combined", "padded"),
+    "clip_boxes_to": ("image", "input"),
+    "resize_method": ("bilinear", "bilinear_legacy"),
+}
+
 
 # --------------------------------------------------------------------------- sections
 
@@ -69,7 +90,20 @@ class NormConfig:
 @dataclass
 class BackboneConfig:
     """SpineNet backbone. `arch` picks a model id; the optional fields override its
-    scaling (for small test and demo models)."""
+    scaling (for small test and demo models).
+
+    `conv_padding`: how stride-2 convolutions pad. "same": Keras/TF 'same' padding (more
+    after than before on even sizes; Model Garden's SpineNet). "symmetric": (k - 1) // 2
+    zeros before and k - 1 - (k - 1) // 2 after, then a 'valid' convolution, as
+    tensorflow/tpu `models/official/detection/modeling/architecture/nn_ops.py`
+    (`conv2d_fixed_padding`) does; the stem's 7x7 and the resampling 3x3 are shifted.
+
+    `downsample_pooling`: how a resampling connection goes down by 4x or more after its
+    stride-2 3x3 conv. "repeated": one 3x3 stride-2 max-pool per further level (Model
+    Garden `official/vision/modeling/backbones/spinenet.py`). "single": one max-pool of
+    size 3 (by 4x) or 5 (by 8x or more) with stride ratio / 2, as tensorflow/tpu
+    `modeling/architecture/spinenet.py` (`resample_with_alpha`) does.
+    """
 
     type: str = "spinenet"
     arch: str = "49"
@@ -82,14 +116,28 @@ class BackboneConfig:
     endpoints_num_filters: int | None = None
     resample_alpha: float | None = None
     block_repeats: int | None = None
+    conv_padding: str = "same"
+    downsample_pooling: str = "repeated"
 
 
 @dataclass
 class BoxCoderConfig:
-    """Delta encoding of boxes: (delta - mean) / std per (dy, dx, dh, dw)."""
+    """Delta encoding of boxes: (delta - mean) / std per (dy, dx, dh, dw).
+
+    `legacy_plus_one`: the pixel-index box convention of tensorflow/tpu
+    `models/official/detection/utils/box_utils.py` (`encode_boxes`, `decode_boxes`,
+    `clip_boxes`): a box's height is y2 - y1 + 1, a decoded box ends at y1 + h - 1, and
+    boxes are clipped to [0, H - 1] instead of [0, H].
+
+    `dhdw_clip`: the bound log(1000 / 16) on the decoded dh, dw. "both": clipped to
+    [-bound, bound] (mmdetection). "upper": only from above, as tensorflow/tpu
+    `utils/box_utils.py` and Model Garden `official/vision/ops/box_ops.py` do.
+    """
 
     target_means: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     target_stds: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    legacy_plus_one: bool = False
+    dhdw_clip: str = "both"
 
 
 @dataclass
@@ -105,18 +153,41 @@ class SmoothL1LossConfig:
 
 @dataclass
 class AnchorGeneratorConfig:
-    """Anchors per level: base size = stride x scale, one anchor per (scale, ratio)."""
+    """Anchors per level: base size = stride x scale, one anchor per (scale, ratio), in
+    the order of `ratios` (the RPN's output channels follow this order).
+
+    `ratio_convention`: what a ratio r means. "height_over_width": h = base * sqrt(r),
+    w = base / sqrt(r) (mmdetection). "width_over_height": w = base * sqrt(r),
+    h = base / sqrt(r), as tensorflow/tpu `models/official/detection/dataloader/anchor.py`
+    and Model Garden `official/vision/ops/anchor.py` define `aspect_ratios`.
+    """
 
     scales: list[float] = field(default_factory=lambda: [3.0])
     strides: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
     ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    ratio_convention: str = "height_over_width"
 
 
 @dataclass
 class RPNConfig:
+    """RPN head: `num_convs` shared 3x3 convs of `feat_channels` (with bias), then 1x1
+    objectness and delta convs.
+
+    `norm_per_level`: each shared conv is followed by a BatchNorm of its own per pyramid
+    level (`norm_cfg`) before the activation, as tensorflow/tpu
+    `models/official/detection/modeling/architecture/heads.py` (`RpnHead` with
+    use_batch_norm, `rpn-l3-bn` ...) and Model Garden
+    `official/vision/modeling/heads/dense_prediction_heads.py` (`RPNHead`) do.
+    `activation`: "relu" or "swish" after each shared conv.
+    """
+
     in_channels: int = 256
     feat_channels: int = 256
     num_classes: int = 1
+    num_convs: int = 1
+    norm_per_level: bool = False
+    activation: str = "relu"
+    norm_cfg: NormConfig = field(default_factory=NormConfig)
     bbox_coder: BoxCoderConfig = field(default_factory=BoxCoderConfig)
     loss_cls: LossWeightConfig = field(default_factory=LossWeightConfig)
     loss_bbox: SmoothL1LossConfig = field(
@@ -127,6 +198,16 @@ class RPNConfig:
 
 @dataclass
 class BBoxHeadConfig:
+    """Box head: `num_shared_convs` 3x3 conv-BN-activation, `num_shared_fcs` FC-activation,
+    class logits and class-specific (or agnostic) deltas laid out [class][dy, dx, dh, dw].
+
+    `conv_bias`: the convs have a bias (before their BatchNorm), and `fc_norm`: each FC is
+    followed by a BatchNorm before its activation, as in tensorflow/tpu
+    `models/official/detection/modeling/architecture/heads.py` (`FastrcnnHead` with
+    use_batch_norm) and Model Garden `official/vision/modeling/heads/instance_heads.py`
+    (`DetectionHead`). `activation`: "relu" or "swish".
+    """
+
     num_shared_convs: int = 4
     num_shared_fcs: int = 1
     in_channels: int = 256
@@ -140,34 +221,69 @@ class BBoxHeadConfig:
     loss_cls: LossWeightConfig = field(default_factory=LossWeightConfig)
     loss_bbox: SmoothL1LossConfig = field(default_factory=SmoothL1LossConfig)
     norm_cfg: NormConfig = field(default_factory=NormConfig)
+    conv_bias: bool = False
+    fc_norm: bool = False
+    activation: str = "relu"
 
 
 @dataclass
 class MaskHeadConfig:
+    """Mask head: `num_convs` 3x3 conv-BN-activation, a 2x2 stride-2 transposed conv (with
+    bias) + activation, a 1x1 conv with one logit channel per class.
+
+    `conv_bias`: the 3x3 convs have a bias (before their BatchNorm), and `deconv_norm`: the
+    transposed conv is followed by a BatchNorm before its activation, as in tensorflow/tpu
+    `models/official/detection/modeling/architecture/heads.py` (`MaskrcnnHead` with
+    use_batch_norm) and Model Garden `official/vision/modeling/heads/instance_heads.py`
+    (`MaskHead`). `activation`: "relu" or "swish".
+    """
+
     num_convs: int = 4
     in_channels: int = 256
     conv_out_channels: int = 256
     norm_cfg: NormConfig = field(default_factory=NormConfig)
     loss_mask: LossWeightConfig = field(default_factory=LossWeightConfig)
+    conv_bias: bool = False
+    deconv_norm: bool = False
+    activation: str = "relu"
 
 
 @dataclass
 class RoILayerConfig:
+    """RoIAlign: `out_size` bins per side, `sample_num` samples per bin side.
+
+    `aligned`: torchvision's `aligned` flag. True: a box is shifted by -0.5 feature pixel
+    (pixel centres at integers). False: not shifted, as the RoIAlign of tensorflow/tpu
+    `models/official/detection/ops/spatial_transform_ops.py` and Model Garden
+    `official/vision/ops/spatial_transform_ops.py` (`multilevel_crop_and_resize`,
+    sample_offset 0.5, one sample per bin: `sample_num: 1`) samples.
+    """
+
     type: str = "RoIAlign"
     out_size: int = 7
     sample_num: int = 2
+    aligned: bool = True
 
 
 @dataclass
 class RoIExtractorConfig:
     """Multilevel RoIAlign. `roi_layer.sample_num` is the sampling ratio per bin; the
-    extractor's own `sample_num` is the reference's number of RoIs fed to the head."""
+    extractor's own `sample_num` is the reference's number of RoIs fed to the head.
+
+    `level_assignment`: which of `featmap_strides` a box is pooled from.
+    "finest_scale": floor(log2(sqrt(wh) / finest_scale + 1e-6)) (mmdetection).
+    "canonical": level floor(log2(sqrt(wh) / 224)) + 4 of the FPN paper, clamped to the
+    strides' levels, computed as tensorflow/tpu
+    `models/official/detection/ops/spatial_transform_ops.py` and Model Garden
+    `official/vision/ops/spatial_transform_ops.py` (`multilevel_crop_and_resize`) do.
+    """
 
     roi_layer: RoILayerConfig = field(default_factory=RoILayerConfig)
     out_channels: int = 256
     featmap_strides: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
     finest_scale: int = 56
     sample_num: int = 640
+    level_assignment: str = "finest_scale"
 
 
 @dataclass
@@ -194,10 +310,29 @@ class RPNTrainConfig:
 
 @dataclass
 class ProposalConfig:
+    """Proposal generation: per level the best `nms_pre` anchors, decoded and clipped,
+    NMS per level at `iou_threshold`, the best `max_per_img` over all levels.
+
+    `size_filter`: drop boxes whose height or width is not above `min_bbox_size`
+    (mmdetection; also drops boxes clipped to zero size). False: no size filter, as
+    tensorflow/tpu `models/official/detection/ops/roi_ops.py` and Model Garden
+    `official/vision/modeling/layers/roi_generator.py` do at a minimum size of 0.
+
+    `nms_rule`: "combined": `tf.image.combined_non_max_suppression` (a box is suppressed
+    by a better one whose IoU with it is > iou_threshold). "padded": the padded NMS of
+    tensorflow/tpu `ops/nms.py` and Model Garden `official/vision/ops/nms.py`
+    (`sorted_non_max_suppression_padded`, TF's `tf.image.non_max_suppression_padded`):
+    boxes ranked by sigmoid score, suppressed at IoU >= iou_threshold, boxes with four
+    zero coordinates never selected; a level keeps at most `max_per_img`, and the empty
+    slots (zero boxes) are passed on as proposals as the originals pass them.
+    """
+
     nms_pre: int = 2000
     max_per_img: int = 2000
     iou_threshold: float = 0.7
     min_bbox_size: float = 0
+    size_filter: bool = True
+    nms_rule: str = "combined"
 
 
 @dataclass
@@ -224,10 +359,23 @@ class TrainCfg:
 
 @dataclass
 class RCNNTestConfig:
+    """Detection: softmax, class-wise decode and clip, per-class NMS, the best
+    `max_per_img` over all classes with a score above `score_thr`.
+
+    `nms_rule`: "combined": `tf.image.combined_non_max_suppression` (suppressed at IoU >
+    iou_threshold). "padded": per class the boxes above `score_thr` go through the padded
+    NMS (`tf.image.non_max_suppression_padded`: suppressed at IoU >= iou_threshold, zero
+    boxes never selected, at most `max_per_img` per class), then the best `max_per_img`
+    over the classes, ties to the lower class; this is what tensorflow/tpu
+    `models/official/detection/ops/postprocess_ops.py` (nms_version v1) and Model Garden
+    `official/vision/modeling/layers/detection_generator.py` (nms_version v2) compute.
+    """
+
     score_thr: float = 0.05
     iou_threshold: float = 0.5
     max_per_img: int = 100
     mask_thr_binary: float = 0.5
+    nms_rule: str = "combined"
 
 
 @dataclass
@@ -312,6 +460,17 @@ class Config:
     to_rgb: int = 1
     keep_ratio: int = 1
     mask_crop_size: int = 112
+    #: "bilinear": `tf.image.resize` (half-pixel centres). "bilinear_legacy": TF1's
+    #: `tf.compat.v1.image.resize_images` bilinear (align_corners=False, no half-pixel
+    #: centres), which tensorflow/tpu `models/official/detection/utils/input_utils.py`
+    #: (`resize_and_crop_image`) uses.
+    resize_method: str = "bilinear"
+    #: What proposals and detections are clipped to. "image": the scaled image inside the
+    #: input (image_info row 1). "input": the whole img_height x img_width input, as
+    #: tensorflow/tpu (`modeling/maskrcnn_model.py`) and Model Garden
+    #: (`official/vision/ops/preprocess_ops.py`: image_info row 1 is the desired size)
+    #: clip.
+    clip_boxes_to: str = "image"
 
     # augmentation
     flip_ratio: float = 0.5
@@ -605,6 +764,12 @@ def validate(config: Config, *, source: str = "<config>") -> None:
     for key in ("img_mean", "img_std"):
         if len(getattr(config, key)) != 3:
             raise ConfigError(f"{source}: {key} needs 3 values (R, G, B)")
+    for key, allowed in CHOICES.items():
+        value = _lookup(config, key)
+        if value not in allowed:
+            raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}, got {value!r}")
+    if config.rpn.num_convs < 1:
+        raise ConfigError(f"{source}: rpn.num_convs must be at least 1")
     levels = config.backbone.max_level - config.backbone.min_level + 1
     if len(config.rpn.anchor_generator.strides) != levels:
         raise ConfigError(
@@ -615,6 +780,13 @@ def validate(config: Config, *, source: str = "<config>") -> None:
 
 
 # --------------------------------------------------------------------------- internals
+
+
+def _lookup(config: Config, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _apply_override(data: dict[str, Any], override: str) -> None:

@@ -57,6 +57,11 @@ class ExportError(MaskspineError, ValueError):
     """An export that cannot be written as asked (names the folder or option)."""
 
 
+class WeightsImportError(MaskspineError, ValueError):
+    """A checkpoint of the originals that cannot be imported (`maskspine import-weights`):
+    missing or damaged files, another format, variables and weights that do not fit."""
+
+
 #: What the command line reports as `error: <message>`, exit code 2. `FileNotFoundError`
 #: (a path given by the user that does not exist) is reported the same way.
 USER_ERRORS: tuple[type[BaseException], ...] = (MaskspineError, FileNotFoundError)

@@ -161,9 +161,22 @@ def _geometry(
     return tf.cast(scaled_size, tf.int32), scale, tf.cast(position, tf.int32)
 
 
+def resize_image(image: tf.Tensor, size, config: Config) -> tf.Tensor:
+    """[h, w, C] -> float32 [size[0], size[1], C], bilinear as `config.resize_method` says:
+    "bilinear" is `tf.image.resize` (half-pixel centres), "bilinear_legacy" TF1's
+    `resize_images` (align_corners=False, no half-pixel centres: tensorflow/tpu
+    `models/official/detection/utils/input_utils.py`)."""
+    if config.resize_method == "bilinear_legacy":
+        resized = tf.compat.v1.image.resize_bilinear(
+            tf.cast(image, tf.float32)[None], size, align_corners=False, half_pixel_centers=False
+        )
+        return resized[0]
+    return tf.image.resize(image, size, method="bilinear")
+
+
 def _render(image: tf.Tensor, scaled_size, position, config: Config) -> tf.Tensor:
     """uint8 [h, w, 3] -> normalised float32 [H, W, 3] placed in the padded output."""
-    resized = tf.image.resize(image, scaled_size, method="bilinear")
+    resized = resize_image(image, scaled_size, config)
     window = tf.constant([config.img_height, config.img_width], tf.int32)
     return _place(normalize_image(resized, config), position, window, padded_size(config))
 

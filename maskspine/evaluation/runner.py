@@ -194,12 +194,14 @@ def evaluation_data(
     prepared = prepare_source(source, training=False, seed=config.seed, data_dir=data_dir)
     category_ids = config.output_category_ids
     data_ids = {category_id for category_id, _ in prepared.categories}
-    unknown = [category_id for category_id in category_ids if category_id not in data_ids]
+    # Every category of the data must be one of the model's; the model may have more (the
+    # 91 COCO-id classes of an imported COCO model hold 10 ids COCO's files never use).
+    unknown = sorted(data_ids - set(category_ids))
     if unknown:
         raise EvaluationError(
             f"the model's classes have category ids {category_ids} (the config's category_ids, "
             f"or 1..K when it lists none) but {prepared.name} has {sorted(data_ids)}; "
-            f"{unknown} are not among them. Give the config the data set's category_ids."
+            f"{unknown} are not among the model's. Give the config the data set's category_ids."
         )
     dataset = build_dataset(
         config, source, training=False, batch_size=batch_size, data_dir=data_dir

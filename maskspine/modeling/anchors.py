@@ -1,8 +1,10 @@
 """Multilevel anchors for the RPN.
 
 An anchor for (ratio r, scale s) at stride t has base size t * s, height base * sqrt(r)
-and width base / sqrt(r) (so r = height / width), and is centred on its feature-map cell:
-((y + 0.5) * t, (x + 0.5) * t). Anchors are yxyx in input pixels, float32.
+and width base / sqrt(r) (so r = height / width; with `ratio_convention`
+"width_over_height", as tensorflow/tpu and Model Garden define their aspect ratios, the
+width is base * sqrt(r) and the height base / sqrt(r)), and is centred on its feature-map
+cell: ((y + 0.5) * t, (x + 0.5) * t). Anchors are yxyx in input pixels, float32.
 
 Order inside a level: row y, then column x, then the A = len(ratios) * len(scales) anchors
 of the cell with the ratio as the outer loop and the scale as the inner loop. This is the
@@ -33,22 +35,43 @@ def feature_size(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
     return math.ceil(height / stride), math.ceil(width / stride)
 
 
-def _cell_anchors(stride: int, scales: Sequence[float], ratios: Sequence[float]) -> np.ndarray:
+#: `ratio_convention` values: what an anchor ratio r means.
+RATIO_CONVENTIONS = ("height_over_width", "width_over_height")
+
+
+def _cell_anchors(
+    stride: int,
+    scales: Sequence[float],
+    ratios: Sequence[float],
+    ratio_convention: str = "height_over_width",
+) -> np.ndarray:
     """[A, 2] (height, width) of the anchors of one cell, ratio-major then scale."""
+    if ratio_convention not in RATIO_CONVENTIONS:
+        raise ValueError(
+            f"ratio_convention must be one of {RATIO_CONVENTIONS}, got {ratio_convention!r}"
+        )
     sizes = []
     for ratio in ratios:
         for scale in scales:
             base = stride * scale
-            sizes.append((base * math.sqrt(ratio), base / math.sqrt(ratio)))
+            long_side, short_side = base * math.sqrt(ratio), base / math.sqrt(ratio)
+            if ratio_convention == "height_over_width":
+                sizes.append((long_side, short_side))
+            else:
+                sizes.append((short_side, long_side))
     return np.asarray(sizes, dtype=np.float64)
 
 
 def _level_anchors(
-    image_size: tuple[int, int], stride: int, scales: Sequence[float], ratios: Sequence[float]
+    image_size: tuple[int, int],
+    stride: int,
+    scales: Sequence[float],
+    ratios: Sequence[float],
+    ratio_convention: str = "height_over_width",
 ) -> np.ndarray:
     """[H_l * W_l * A, 4] yxyx anchors of one level as a float32 numpy array."""
     rows, cols = feature_size(image_size, stride)
-    sizes = _cell_anchors(stride, scales, ratios)  # [A, 2]
+    sizes = _cell_anchors(stride, scales, ratios, ratio_convention)  # [A, 2]
     centre_y = (np.arange(rows, dtype=np.float64) + 0.5) * stride
     centre_x = (np.arange(cols, dtype=np.float64) + 0.5) * stride
     cy, cx = np.meshgrid(centre_y, centre_x, indexing="ij")  # [H_l, W_l]
@@ -66,6 +89,7 @@ def generate_anchors(
     strides: Sequence[int],
     scales: Sequence[float],
     ratios: Sequence[float],
+    ratio_convention: str = "height_over_width",
 ) -> dict[int, tf.Tensor]:
     """Anchors of every level for an input of `image_size` pixels.
 
@@ -73,13 +97,16 @@ def generate_anchors(
         image_size: (height, width) of the network input in pixels.
         strides: one stride per level, powers of two (the reference's [8, 16, 32, 64, 128]).
         scales: anchor sizes in units of the stride (the reference's [3]).
-        ratios: height / width ratios (the reference's [0.5, 1.0, 2.0]).
+        ratios: height / width ratios (the reference's [0.5, 1.0, 2.0]), or width / height
+            ones with `ratio_convention` "width_over_height".
     Returns:
         {level: [H_l * W_l * A, 4] float32 yxyx input pixels}, level = log2(stride), with
         H_l = ceil(H / stride), W_l = ceil(W / stride), A = len(ratios) * len(scales).
         Anchors may extend past the image border.
     """
     return {
-        stride_to_level(stride): tf.constant(_level_anchors(image_size, stride, scales, ratios))
+        stride_to_level(stride): tf.constant(
+            _level_anchors(image_size, stride, scales, ratios, ratio_convention)
+        )
         for stride in strides
     }

@@ -2,8 +2,10 @@
 
 Inside the model boxes are `yxyx` in absolute pixels of the network input, float32, with
 any number of leading dimensions: `[..., 4]` = (y1, x1, y2, x2). Heights and widths are
-`y2 - y1` and `x2 - x1` (continuous coordinates, no "+1"). Files use COCO `xywh`; the
-converters between the two are host code, in `maskspine.boxes`.
+`y2 - y1` and `x2 - x1` (continuous coordinates, no "+1"); the delta coding and clipping
+take `legacy_plus_one=True` for the pixel-index convention of tensorflow/tpu
+(`models/official/detection/utils/box_utils.py`: height y2 - y1 + 1, clipping to H - 1).
+Files use COCO `xywh`; the converters between the two are host code, in `maskspine.boxes`.
 """
 
 from __future__ import annotations
@@ -75,10 +77,19 @@ def pairwise_overlaps(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tuple[tf.Tensor, 
     return tf.math.divide_no_nan(intersection, union), tf.math.divide_no_nan(intersection, areas1)
 
 
-def _centres_and_sizes(boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+#: `dhdw_clip` values of `decode_boxes`: clip dh, dw on both sides or from above only.
+DHDW_CLIPS = ("both", "upper")
+
+
+def _centres_and_sizes(
+    boxes: tf.Tensor, legacy_plus_one: bool = False
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=-1)
     height = y2 - y1
     width = x2 - x1
+    if legacy_plus_one:
+        height += 1.0
+        width += 1.0
     return y1 + 0.5 * height, x1 + 0.5 * width, height, width
 
 
@@ -87,6 +98,8 @@ def encode_boxes(
     anchors: tf.Tensor,
     means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
     stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    *,
+    legacy_plus_one: bool = False,
 ) -> tf.Tensor:
     """Regression targets that move `anchors` onto `boxes` (Faster R-CNN parametrisation).
 
@@ -97,14 +110,16 @@ def encode_boxes(
         boxes: [..., 4] yxyx target boxes, float32.
         anchors: [..., 4] yxyx reference boxes (anchors or proposals), broadcastable.
         means, stds: 4 floats each, in (dy, dx, dh, dw) order.
+        legacy_plus_one: heights and widths are y2 - y1 + 1, x2 - x1 + 1 and centres
+            y1 + h / 2 (tensorflow/tpu `utils/box_utils.py`).
     Returns:
         [..., 4] float32 deltas (dy, dx, dh, dw). Heights and widths are floored at 1e-6
         pixels, so degenerate or padding boxes give large but finite numbers.
     """
     boxes = tf.convert_to_tensor(boxes, dtype=tf.float32)
     anchors = tf.convert_to_tensor(anchors, dtype=tf.float32)
-    cy, cx, h, w = _centres_and_sizes(boxes)
-    acy, acx, ah, aw = _centres_and_sizes(anchors)
+    cy, cx, h, w = _centres_and_sizes(boxes, legacy_plus_one)
+    acy, acx, ah, aw = _centres_and_sizes(anchors, legacy_plus_one)
     ah = tf.maximum(ah, _MIN_SIZE)
     aw = tf.maximum(aw, _MIN_SIZE)
     deltas = tf.stack(
@@ -125,6 +140,9 @@ def decode_boxes(
     means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
     stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
     max_ratio: float = DEFAULT_MAX_RATIO,
+    *,
+    legacy_plus_one: bool = False,
+    dhdw_clip: str = "both",
 ) -> tf.Tensor:
     """Inverse of `encode_boxes`: apply deltas to anchors.
 
@@ -135,24 +153,35 @@ def decode_boxes(
         max_ratio: dh and dw are clipped to [-max_ratio, max_ratio] before exp (after
             de-normalisation), so a box grows or shrinks by at most exp(max_ratio) = 62.5x
             by default, as in mmdetection.
+        legacy_plus_one: anchor sizes are y2 - y1 + 1 and a decoded box of height h spans
+            [y1, y1 + h - 1] (tensorflow/tpu `utils/box_utils.py`).
+        dhdw_clip: "both" clips dh, dw to [-max_ratio, max_ratio]; "upper" only from
+            above (tensorflow/tpu and Model Garden `decode_boxes`).
     Returns:
         [..., 4] float32 yxyx boxes in the anchors' pixels (not clipped to the image).
     """
+    if dhdw_clip not in DHDW_CLIPS:
+        raise ValueError(f"dhdw_clip must be one of {DHDW_CLIPS}, got {dhdw_clip!r}")
     deltas = tf.convert_to_tensor(deltas, dtype=tf.float32)
     anchors = tf.convert_to_tensor(anchors, dtype=tf.float32)
     deltas = deltas * tf.constant(stds, tf.float32) + tf.constant(means, tf.float32)
     dy, dx, dh, dw = tf.unstack(deltas, 4, axis=-1)
-    dh = tf.clip_by_value(dh, -max_ratio, max_ratio)
-    dw = tf.clip_by_value(dw, -max_ratio, max_ratio)
-    acy, acx, ah, aw = _centres_and_sizes(anchors)
+    lower = -max_ratio if dhdw_clip == "both" else -math.inf
+    dh = tf.clip_by_value(dh, lower, max_ratio)
+    dw = tf.clip_by_value(dw, lower, max_ratio)
+    acy, acx, ah, aw = _centres_and_sizes(anchors, legacy_plus_one)
     cy = acy + dy * ah
     cx = acx + dx * aw
     h = ah * tf.exp(dh)
     w = aw * tf.exp(dw)
+    if legacy_plus_one:
+        y1 = cy - 0.5 * h
+        x1 = cx - 0.5 * w
+        return tf.stack([y1, x1, y1 + h - 1.0, x1 + w - 1.0], axis=-1)
     return tf.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)
 
 
-def clip_boxes(boxes: tf.Tensor, image_shape) -> tf.Tensor:
+def clip_boxes(boxes: tf.Tensor, image_shape, *, legacy_plus_one: bool = False) -> tf.Tensor:
     """Clip yxyx boxes to [0, height] x [0, width].
 
     Args:
@@ -160,6 +189,8 @@ def clip_boxes(boxes: tf.Tensor, image_shape) -> tf.Tensor:
         image_shape: (height, width) in pixels: a python pair, or a tensor [..., 2] whose
             leading dimensions are a prefix of the boxes' leading dimensions (e.g. [B, 2]
             for boxes [B, N, 4]; [2] for any boxes).
+        legacy_plus_one: clip to [0, height - 1] x [0, width - 1] instead (the last pixel's
+            index: tensorflow/tpu `utils/box_utils.py`).
     Returns:
         boxes of the same shape and dtype, clipped.
     """
@@ -173,5 +204,7 @@ def clip_boxes(boxes: tf.Tensor, image_shape) -> tf.Tensor:
         )
     for _ in range(extra_axes):
         image_shape = tf.expand_dims(image_shape, -2)
+    if legacy_plus_one:
+        image_shape = image_shape - 1.0
     limits = tf.concat([image_shape, image_shape], axis=-1)  # (h, w, h, w)
     return tf.minimum(tf.maximum(boxes, 0.0), limits)

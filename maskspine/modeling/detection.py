@@ -1,4 +1,4 @@
-"""Inference post-processing of the box head: class-wise decode and combined NMS."""
+"""Inference post-processing of the box head: class-wise decode and per-class NMS."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from maskspine.modeling import box_ops
+from maskspine.modeling.nms import NMS_RULES, padded_nms
 
 
 def detect_boxes(
@@ -21,6 +22,9 @@ def detect_boxes(
     score_thr: float,
     iou_threshold: float,
     max_per_img: int,
+    legacy_plus_one: bool = False,
+    dhdw_clip: str = "both",
+    nms_rule: str = "combined",
 ) -> dict[str, tf.Tensor]:
     """Final detections from the box head's outputs.
 
@@ -33,6 +37,12 @@ def detect_boxes(
         image_shape: [B, 2] (height, width) the boxes are clipped to.
         score_thr, iou_threshold, max_per_img: per-class NMS settings; at most
             `max_per_img` detections per image over all classes.
+        legacy_plus_one, dhdw_clip: the box coder's conventions (`box_ops.decode_boxes`,
+            `box_ops.clip_boxes`).
+        nms_rule: "combined" (`tf.image.combined_non_max_suppression`) or "padded" (per
+            class `nms.padded_nms` of the boxes scoring above `score_thr`, then the best
+            `max_per_img` over the classes, ties to the lower class: tensorflow/tpu
+            `ops/postprocess_ops.py`, Model Garden `detection_generator.py`).
 
     Returns:
         detection_boxes [B, D, 4] yxyx input pixels, detection_scores [B, D],
@@ -45,10 +55,19 @@ def detect_boxes(
     if box_deltas.shape[2] != 1:
         box_deltas = box_deltas[:, :, 1:]
     boxes = box_ops.decode_boxes(
-        box_deltas, tf.cast(proposals, tf.float32)[:, :, None, :], means, stds
+        box_deltas,
+        tf.cast(proposals, tf.float32)[:, :, None, :],
+        means,
+        stds,
+        legacy_plus_one=legacy_plus_one,
+        dhdw_clip=dhdw_clip,
     )
     image_shape = tf.cast(image_shape, tf.float32)[:, None, :]  # [B, 1, 2] for [B, N, K, 4]
-    boxes = box_ops.clip_boxes(boxes, image_shape)
+    boxes = box_ops.clip_boxes(boxes, image_shape, legacy_plus_one=legacy_plus_one)
+    if nms_rule not in NMS_RULES:
+        raise ValueError(f"nms_rule must be one of {NMS_RULES}, got {nms_rule!r}")
+    if nms_rule == "padded":
+        return _padded_per_class_nms(boxes, scores, score_thr, iou_threshold, max_per_img)
     nmsed_boxes, nmsed_scores, nmsed_classes, num_detections = (
         tf.image.combined_non_max_suppression(
             boxes,
@@ -68,4 +87,48 @@ def detect_boxes(
         "detection_scores": nmsed_scores,
         "detection_classes": classes,
         "num_detections": tf.cast(num_detections, tf.int32),
+    }
+
+
+def _padded_per_class_nms(
+    boxes: tf.Tensor, scores: tf.Tensor, score_thr: float, iou_threshold: float, max_per_img: int
+) -> dict[str, tf.Tensor]:
+    """The "padded" detection rule on decoded, clipped boxes [B, N, K, 4] (K = 1 or C) and
+    class scores [B, N, C] without background (see `detect_boxes`)."""
+    batch = tf.shape(scores)[0]
+    num_boxes, num_classes = scores.shape[1], scores.shape[2]
+    per_class_scores = tf.transpose(scores, [0, 2, 1])  # [B, C, N]
+    per_class_boxes = tf.transpose(
+        tf.broadcast_to(boxes, [batch, num_boxes, num_classes, 4]), [0, 2, 1, 3]
+    )  # [B, C, N, 4]
+    # Per class: sorted by score (ties to the lower index), boxes at or below the score
+    # threshold turned into zero "dots" that the padded NMS never selects.
+    sorted_scores, order = tf.math.top_k(per_class_scores, k=num_boxes, sorted=True)
+    # Only boxes above the threshold can be selected or suppress: the NMS runs on the
+    # longest such prefix over the classes (the rest of each row would be dots).
+    above = sorted_scores > score_thr
+    count = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(above, tf.int32), axis=-1)), 1)
+    order, above, sorted_scores = order[..., :count], above[..., :count], sorted_scores[..., :count]
+    sorted_boxes = tf.gather(per_class_boxes, order, batch_dims=2)
+    sorted_scores = tf.where(above, sorted_scores, 0.0)
+    sorted_boxes = tf.where(above[..., None], sorted_boxes, 0.0)
+    flat_boxes = tf.reshape(sorted_boxes, [batch * num_classes, -1, 4])
+    flat_scores = tf.reshape(sorted_scores, [batch * num_classes, -1])
+    indices, num_valid = padded_nms(flat_boxes, flat_scores, max_per_img, iou_threshold)
+    slot_valid = tf.range(max_per_img)[None, :] < num_valid[:, None]  # [B*C, D]
+    kept_boxes = tf.gather(flat_boxes, indices, batch_dims=1)
+    kept_scores = tf.where(slot_valid, tf.gather(flat_scores, indices, batch_dims=1), -1.0)
+    # Classes in order, each with its D slots: top_k's ties then go to the lower class.
+    kept_boxes = tf.reshape(kept_boxes, [batch, num_classes * max_per_img, 4])
+    kept_scores = tf.reshape(kept_scores, [batch, num_classes * max_per_img])
+    classes = tf.repeat(tf.range(1, num_classes + 1, dtype=tf.int32), max_per_img)
+    best_scores, best = tf.math.top_k(kept_scores, k=max_per_img, sorted=True)
+    valid = best_scores > -1.0
+    return {
+        "detection_boxes": tf.where(
+            valid[..., None], tf.gather(kept_boxes, best, batch_dims=1), 0.0
+        ),
+        "detection_scores": tf.where(valid, best_scores, 0.0),
+        "detection_classes": tf.where(valid, tf.gather(classes, best), 0),
+        "num_detections": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
     }

@@ -5,7 +5,10 @@ Both take RoI features [B, N, S, S, C] (NHWC per RoI) and fold the RoIs into the
 batch for the convolutions. Layer choices follow the reference: 3x3 convs without
 bias followed by BatchNorm and ReLU, one FC of `fc_out_channels`, class-specific
 box deltas, a 2x transposed conv (with bias) and a 1x1 conv with one channel per
-class (background included) in the mask head.
+class (background included) in the mask head. The options `conv_bias`, `fc_norm`,
+`deconv_norm` and `activation` give the heads of tensorflow/tpu and Model Garden
+(convs with bias before their BatchNorm, a BatchNorm after the FC and after the
+transposed conv, swish for SpineNet-190).
 """
 
 from __future__ import annotations
@@ -25,8 +28,22 @@ def _unfold(x: tf.Tensor, batch_and_rois: tf.Tensor) -> tf.Tensor:
     return tf.reshape(x, tf.concat([batch_and_rois, tf.shape(x)[1:]], 0))
 
 
+def _activation_layer(activation: str, name: str) -> layers.Layer:
+    """ReLU as `layers.ReLU` (the weights files of existing models name it so), others as
+    `layers.Activation`."""
+    if activation == "relu":
+        return layers.ReLU(name=name)
+    return layers.Activation(activation, name=name)
+
+
 def _conv_bn_relu_stack(
-    count: int, filters: int, momentum: float, epsilon: float, name: str
+    count: int,
+    filters: int,
+    momentum: float,
+    epsilon: float,
+    name: str,
+    use_bias: bool = False,
+    activation: str = "relu",
 ) -> list[layers.Layer]:
     stack = []
     for i in range(count):
@@ -35,12 +52,12 @@ def _conv_bn_relu_stack(
                 filters,
                 3,
                 padding="same",
-                use_bias=False,
+                use_bias=use_bias,
                 kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "normal"),
                 name=f"{name}_conv{i + 1}",
             ),
             layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=f"{name}_bn{i + 1}"),
-            layers.ReLU(name=f"{name}_relu{i + 1}"),
+            _activation_layer(activation, f"{name}_{activation}{i + 1}"),
         ]
     return stack
 
@@ -71,7 +88,8 @@ class BoxHead(layers.Layer):
 
     Call: roi_features [B, N, S, S, C] -> (class_logits [B, N, num_classes],
     box_deltas [B, N, K, 4] with K = num_classes, or 1 when class-agnostic).
-    `num_classes` includes background (index 0).
+    `num_classes` includes background (index 0). `conv_bias`: the convs have a bias;
+    `fc_norm`: FC -> BatchNorm -> activation; `activation`: "relu" or "swish".
     """
 
     def __init__(
@@ -84,6 +102,9 @@ class BoxHead(layers.Layer):
         reg_class_agnostic: bool = False,
         norm_momentum: float = 0.99,
         norm_epsilon: float = 1e-3,
+        conv_bias: bool = False,
+        fc_norm: bool = False,
+        activation: str = "relu",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -95,18 +116,34 @@ class BoxHead(layers.Layer):
         self.reg_class_agnostic = reg_class_agnostic
         self.norm_momentum = norm_momentum
         self.norm_epsilon = norm_epsilon
+        self.conv_bias = conv_bias
+        self.fc_norm = fc_norm
+        self.activation = activation
         self.convs = _conv_bn_relu_stack(
-            num_shared_convs, conv_out_channels, norm_momentum, norm_epsilon, "box_head"
+            num_shared_convs,
+            conv_out_channels,
+            norm_momentum,
+            norm_epsilon,
+            "box_head",
+            use_bias=conv_bias,
+            activation=activation,
         )
         self.flatten = layers.Flatten(name="box_head_flatten")
         self.fcs = [
             layers.Dense(
                 fc_out_channels,
-                activation="relu",
+                activation=None if fc_norm else activation,
                 kernel_initializer="glorot_uniform",
                 name=f"box_head_fc{i + 1}",
             )
             for i in range(num_shared_fcs)
+        ]
+        # With fc_norm: FC i -> fc_norms[i] -> activation.
+        self.fc_norms = [
+            layers.BatchNormalization(
+                momentum=norm_momentum, epsilon=norm_epsilon, name=f"box_head_fc{i + 1}_bn"
+            )
+            for i in range(num_shared_fcs if fc_norm else 0)
         ]
         self.class_logits = layers.Dense(
             num_classes,
@@ -124,9 +161,11 @@ class BoxHead(layers.Layer):
         """input_shape: [B, N, S, S, C]."""
         shape = _build_stack(self.convs, (None, *input_shape[2:]))
         shape = (None, shape[1] * shape[2] * shape[3])
-        for layer in self.fcs:
+        for i, layer in enumerate(self.fcs):
             layer.build(shape)
             shape = (None, self.fc_out_channels)
+            if self.fc_norm:
+                self.fc_norms[i].build(shape)
         self.class_logits.build(shape)
         self.box_deltas.build(shape)
         self.built = True
@@ -135,8 +174,11 @@ class BoxHead(layers.Layer):
         x, batch_and_rois = _fold(roi_features)
         x = _run_stack(self.convs, x, training)
         x = self.flatten(x)
-        for layer in self.fcs:
+        for i, layer in enumerate(self.fcs):
             x = layer(x)
+            if self.fc_norm:
+                x = self.fc_norms[i](x, training=training)
+                x = keras.activations.get(self.activation)(x)
         logits = _unfold(self.class_logits(x), batch_and_rois)
         deltas = self.box_deltas(x)
         deltas = tf.reshape(deltas, tf.concat([batch_and_rois, [self.box_classes, 4]], 0))
@@ -153,6 +195,9 @@ class BoxHead(layers.Layer):
             "reg_class_agnostic": self.reg_class_agnostic,
             "norm_momentum": self.norm_momentum,
             "norm_epsilon": self.norm_epsilon,
+            "conv_bias": self.conv_bias,
+            "fc_norm": self.fc_norm,
+            "activation": self.activation,
         }
 
 
@@ -166,6 +211,8 @@ class MaskHead(layers.Layer):
     Call: (roi_features [B, K, S, S, C], classes [B, K] int contiguous labels, 0 or negative
     for padding) -> mask_logits [B, K, 2S, 2S] of each RoI's class (28x28 for the usual
     S = 14). A class-agnostic head (num_classes 1) gives its one channel to every RoI.
+    `conv_bias`: the 3x3 convs have a bias; `deconv_norm`: transposed conv -> BatchNorm ->
+    activation; `activation`: "relu" or "swish".
     """
 
     def __init__(
@@ -175,6 +222,9 @@ class MaskHead(layers.Layer):
         conv_out_channels: int = 256,
         norm_momentum: float = 0.99,
         norm_epsilon: float = 1e-3,
+        conv_bias: bool = False,
+        deconv_norm: bool = False,
+        activation: str = "relu",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -183,16 +233,32 @@ class MaskHead(layers.Layer):
         self.conv_out_channels = conv_out_channels
         self.norm_momentum = norm_momentum
         self.norm_epsilon = norm_epsilon
+        self.conv_bias = conv_bias
+        self.deconv_norm = deconv_norm
+        self.activation = activation
         self.convs = _conv_bn_relu_stack(
-            num_convs, conv_out_channels, norm_momentum, norm_epsilon, "mask_head"
+            num_convs,
+            conv_out_channels,
+            norm_momentum,
+            norm_epsilon,
+            "mask_head",
+            use_bias=conv_bias,
+            activation=activation,
         )
         self.upsample = layers.Conv2DTranspose(
             conv_out_channels,
             2,
             strides=2,
-            activation="relu",
+            activation=None if deconv_norm else activation,
             kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "normal"),
             name="mask_head_deconv",
+        )
+        self.upsample_norm = (
+            layers.BatchNormalization(
+                momentum=norm_momentum, epsilon=norm_epsilon, name="mask_head_deconv_bn"
+            )
+            if deconv_norm
+            else None
         )
         self.mask_logits = layers.Conv2D(
             num_classes,
@@ -205,6 +271,8 @@ class MaskHead(layers.Layer):
         """input_shape: [B, K, S, S, C]."""
         shape = _build_stack(self.convs, (None, *input_shape[2:]))
         self.upsample.build(shape)
+        if self.upsample_norm is not None:
+            self.upsample_norm.build((None, 2 * shape[1], 2 * shape[2], self.conv_out_channels))
         self.mask_logits.build((None, 2 * shape[1], 2 * shape[2], self.conv_out_channels))
         self.built = True
 
@@ -212,6 +280,9 @@ class MaskHead(layers.Layer):
         x, batch_and_rois = _fold(roi_features)
         x = _run_stack(self.convs, x, training)
         x = self.upsample(x)  # [N, M, M, C]
+        if self.upsample_norm is not None:
+            x = self.upsample_norm(x, training=training)
+            x = keras.activations.get(self.activation)(x)
         # The 1x1 logits conv, one output channel per RoI: its class's kernel column.
         kernel = tf.reshape(self.mask_logits.kernel, [-1, self.num_classes])  # [C, classes]
         channel = tf.reshape(tf.maximum(tf.cast(classes, tf.int32), 0), [-1])
@@ -230,4 +301,7 @@ class MaskHead(layers.Layer):
             "conv_out_channels": self.conv_out_channels,
             "norm_momentum": self.norm_momentum,
             "norm_epsilon": self.norm_epsilon,
+            "conv_bias": self.conv_bias,
+            "deconv_norm": self.deconv_norm,
+            "activation": self.activation,
         }

@@ -81,6 +81,10 @@ def batch_norm(x, *, momentum: float, epsilon: float, name: str):
     return layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)(x)
 
 
+#: `padding` values of `conv_bn`: Keras 'same', or symmetric zeros then 'valid' for strides > 1.
+PADDINGS = ("same", "symmetric")
+
+
 def conv_bn(
     x,
     filters: int,
@@ -91,14 +95,29 @@ def conv_bn(
     momentum: float = 0.99,
     epsilon: float = 1e-3,
     kernel_regularizer=None,
+    padding: str = "same",
     name: str,
 ):
-    """Conv2D (no bias, 'same' padding) -> BatchNorm -> optional activation."""
+    """Conv2D (no bias) -> BatchNorm -> optional activation.
+
+    `padding` "same" is Keras' (for stride 2 on an even size: one more zero after than
+    before); "symmetric" pads a strided conv with (k - 1) // 2 zeros before and the rest
+    after, then convolves 'valid' (tensorflow/tpu `conv2d_fixed_padding`); both are 'same'
+    at stride 1.
+    """
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    conv_padding = "same"
+    if padding == "symmetric" and strides > 1:
+        before = (kernel_size - 1) // 2
+        after = kernel_size - 1 - before
+        x = layers.ZeroPadding2D(((before, after), (before, after)), name=f"{name}_pad")(x)
+        conv_padding = "valid"
     x = layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,
-        padding="same",
+        padding=conv_padding,
         use_bias=False,
         kernel_initializer=KERNEL_INITIALIZER,
         kernel_regularizer=kernel_regularizer,

@@ -125,7 +125,7 @@ class MaskRCNN(keras.Model):
     `detection_classes` [B, D] int32 (1-based, 0 = padding), `num_detections` [B] int32,
     `detection_masks` [B, D, 28, 28] float32 probabilities relative to each box
     (D = test_cfg.rcnn.max_per_img). With `image_info`, boxes are clipped to the scaled
-    image (row 1); otherwise to the padded input.
+    image (row 1); otherwise, or with `clip_boxes_to: input`, to the config's input size.
     """
 
     def __init__(self, config: Config | dict, **kwargs):
@@ -158,11 +158,24 @@ class MaskRCNN(keras.Model):
             endpoints_num_filters=config.backbone.endpoints_num_filters,
             resample_alpha=config.backbone.resample_alpha,
             block_repeats=config.backbone.block_repeats,
+            conv_padding=config.backbone.conv_padding,
+            downsample_pooling=config.backbone.downsample_pooling,
             name="backbone",
         )
         generator = config.rpn.anchor_generator
         self.num_anchors = len(generator.scales) * len(generator.ratios)
-        self.rpn_head = RPNHead(self.num_anchors, config.rpn.feat_channels, name="rpn_head")
+        rpn = config.rpn
+        self.rpn_head = RPNHead(
+            self.num_anchors,
+            rpn.feat_channels,
+            num_convs=rpn.num_convs,
+            norm_per_level=rpn.norm_per_level,
+            levels=list(range(config.backbone.min_level, config.backbone.max_level + 1)),
+            activation=rpn.activation,
+            norm_momentum=1.0 - rpn.norm_cfg.momentum,
+            norm_epsilon=rpn.norm_cfg.eps,
+            name="rpn_head",
+        )
         box = config.bbox_head
         self.box_head = BoxHead(
             config.num_classes,
@@ -173,6 +186,9 @@ class MaskRCNN(keras.Model):
             reg_class_agnostic=box.reg_class_agnostic,
             norm_momentum=1.0 - box.norm_cfg.momentum,
             norm_epsilon=box.norm_cfg.eps,
+            conv_bias=box.conv_bias,
+            fc_norm=box.fc_norm,
+            activation=box.activation,
             name="box_head",
         )
         mask = config.mask_head
@@ -182,10 +198,14 @@ class MaskRCNN(keras.Model):
             conv_out_channels=mask.conv_out_channels,
             norm_momentum=1.0 - mask.norm_cfg.momentum,
             norm_epsilon=mask.norm_cfg.eps,
+            conv_bias=mask.conv_bias,
+            deconv_norm=mask.deconv_norm,
+            activation=mask.activation,
             name="mask_head",
         )
         for part, norm in (
             (self.backbone, config.backbone.norm_cfg),
+            (self.rpn_head, rpn.norm_cfg),
             (self.box_head, box.norm_cfg),
             (self.mask_head, mask.norm_cfg),
         ):
@@ -202,11 +222,17 @@ class MaskRCNN(keras.Model):
         """{level: [N_l, 4]} anchors for the config's input size (constants in the graph)."""
         generator = self.config.rpn.anchor_generator
         return anchor_ops.generate_anchors(
-            self.image_size, generator.strides, generator.scales, generator.ratios
+            self.image_size,
+            generator.strides,
+            generator.scales,
+            generator.ratios,
+            generator.ratio_convention,
         )
 
     def _image_shape(self, images: tf.Tensor, image_info: tf.Tensor | None) -> tf.Tensor:
-        if image_info is not None:
+        """[B, 2] (height, width) boxes are clipped to: the scaled image (image_info row 1)
+        or, with `clip_boxes_to: input` or without image_info, the config's input size."""
+        if image_info is not None and self.config.clip_boxes_to == "image":
             return tf.cast(image_info[:, 1, :], tf.float32)
         batch = tf.shape(images)[0]
         return tf.tile(tf.constant([self.image_size], tf.float32), [batch, 1])
@@ -214,9 +240,8 @@ class MaskRCNN(keras.Model):
     def propose(self, features, image_shape, *, training: bool):
         """RPN outputs and proposals: (objectness {l: [B, N_l]}, deltas {l: [B, N_l, 4]},
         proposals [B, P, 4], valid [B, P])."""
-        objectness, deltas = self.rpn_head(features)
+        objectness, deltas = self.rpn_head(features, training=training)
         settings = self.config.train_cfg.rpn_proposal if training else self.config.test_cfg.rpn
-        coder = self.config.rpn.bbox_coder
         proposals, _, valid = generate_proposals(
             objectness,
             deltas,
@@ -226,8 +251,9 @@ class MaskRCNN(keras.Model):
             max_per_img=settings.max_per_img,
             iou_threshold=settings.iou_threshold,
             min_bbox_size=settings.min_bbox_size,
-            means=coder.target_means,
-            stds=coder.target_stds,
+            size_filter=settings.size_filter,
+            nms_rule=settings.nms_rule,
+            **_coder_kwargs(self.config.rpn.bbox_coder),
         )
         return objectness, deltas, proposals, valid
 
@@ -246,18 +272,17 @@ class MaskRCNN(keras.Model):
             self.box_features(features, proposals), training=False
         )
         rcnn = self.config.test_cfg.rcnn
-        coder = self.config.bbox_head.bbox_coder
         return detect_boxes(
             class_logits,
             box_deltas,
             proposals,
             valid,
             image_shape,
-            means=coder.target_means,
-            stds=coder.target_stds,
             score_thr=rcnn.score_thr,
             iou_threshold=rcnn.iou_threshold,
             max_per_img=rcnn.max_per_img,
+            nms_rule=rcnn.nms_rule,
+            **_coder_kwargs(self.config.bbox_head.bbox_coder),
         )
 
     def detection_masks(self, features, boxes, classes) -> tf.Tensor:
@@ -315,6 +340,7 @@ class MaskRCNN(keras.Model):
             **_sampler_kwargs(rpn_cfg.sampler),
             means=config.rpn.bbox_coder.target_means,
             stds=config.rpn.bbox_coder.target_stds,
+            legacy_plus_one=config.rpn.bbox_coder.legacy_plus_one,
         )
         losses = loss_ops.rpn_losses(
             tf.concat([objectness[level] for level in levels], axis=1),
@@ -340,6 +366,7 @@ class MaskRCNN(keras.Model):
             **sampler,
             means=coder.target_means,
             stds=coder.target_stds,
+            legacy_plus_one=coder.legacy_plus_one,
         )
         class_logits, box_deltas = self.box_head(
             self.box_features(features, rcnn["rois"]), training=training
@@ -465,6 +492,18 @@ def _roi_features(features, boxes, extractor) -> tf.Tensor:
         featmap_strides=extractor.featmap_strides,
         finest_scale=extractor.finest_scale,
         sampling_ratio=extractor.roi_layer.sample_num,
+        aligned=extractor.roi_layer.aligned,
+        level_assignment=extractor.level_assignment,
+    )
+
+
+def _coder_kwargs(coder) -> dict[str, Any]:
+    """`decode_boxes` / `detect_boxes` / `generate_proposals` arguments of a box coder config."""
+    return dict(
+        means=coder.target_means,
+        stds=coder.target_stds,
+        legacy_plus_one=coder.legacy_plus_one,
+        dhdw_clip=coder.dhdw_clip,
     )
 
 

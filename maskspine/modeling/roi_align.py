@@ -31,6 +31,12 @@ box and level (see `multilevel_roi_align`).
 `CropAndResize` has no XLA kernel: a model using these functions must not be
 compiled with `jit_compile=True`.
 
+With `aligned=False` the -0.5 shift is left out (as in torchvision's `aligned=False`,
+without its enlarging of boxes smaller than one feature pixel): bin centres are then where tensorflow/tpu and Model Garden (`multilevel_crop_and_resize`,
+sample_offset 0.5, `sampling_ratio=1`) sample, and for boxes inside the image (clipped,
+as theirs are) the border rules agree too. `level_assignment="canonical"` picks levels
+as they do (`assign_box_levels`).
+
 Gradients flow to the features; none flow to the boxes (as in torchvision,
 whose RoIAlign has no box gradient). Features of any float dtype are accepted;
 the arithmetic is float32 and the result is cast back to the features' dtype.
@@ -52,8 +58,9 @@ def roi_align(
     stride: int,
     output_size: int,
     sampling_ratio: int = 2,
+    aligned: bool = True,
 ) -> tf.Tensor:
-    """RoIAlign of one feature map (torchvision `roi_align`, `aligned=True`).
+    """RoIAlign of one feature map (torchvision `roi_align`, `aligned=True` by default).
 
     Args:
         features: [B, H, W, C] float feature map whose pixel i covers input pixels
@@ -63,6 +70,8 @@ def roi_align(
         stride: input pixels per feature pixel (spatial_scale = 1 / stride).
         output_size: S, bins per side of the output.
         sampling_ratio: g >= 1, samples per bin side (g x g samples per bin).
+        aligned: shift boxes by -0.5 feature pixel (torchvision's `aligned=True`); False:
+            no shift (and no minimum box size).
 
     Returns:
         [B, N, S, S, C] pooled features, the dtype of `features`.
@@ -81,28 +90,64 @@ def roi_align(
         output_size=output_size,
         sampling_ratio=sampling_ratio,
         dtype=features.dtype,
+        aligned=aligned,
     )
 
 
-def assign_box_levels(boxes: tf.Tensor, *, num_levels: int, finest_scale: int = 56) -> tf.Tensor:
-    """Level index of each box, as mmdetection's `SingleRoIExtractor.map_roi_levels`.
+#: `level_assignment` values of `assign_box_levels` / `multilevel_roi_align`.
+LEVEL_ASSIGNMENTS = ("finest_scale", "canonical")
+#: The FPN paper's canonical box size and level (Lin et al. 2017, eq. 1).
+CANONICAL_SIZE, CANONICAL_LEVEL = 224.0, 4
 
-    scale = sqrt(w * h); index = floor(log2(scale / finest_scale + 1e-6)), clamped
-    to [0, num_levels - 1]. With finest_scale 56: boxes up to 111 px go to index 0,
+
+def assign_box_levels(
+    boxes: tf.Tensor,
+    *,
+    num_levels: int,
+    finest_scale: int = 56,
+    rule: str = "finest_scale",
+    first_level: int = 3,
+) -> tf.Tensor:
+    """Level index of each box.
+
+    "finest_scale" (mmdetection's `SingleRoIExtractor.map_roi_levels`): scale =
+    sqrt(w * h); index = floor(log2(scale / finest_scale + 1e-6)), clamped to
+    [0, num_levels - 1]. With finest_scale 56: boxes up to 111 px go to index 0,
     112..223 to 1, 224..447 to 2, and so on. The floor of the log is computed with
     comparisons against powers of two, so the boundaries are exact in float32.
 
+    "canonical" (tensorflow/tpu and Model Garden `multilevel_crop_and_resize`): level =
+    floor(log(sqrt(w * h) / 224) / log(2)) + 4 in float32 exactly as they compute it
+    (`tf.math.floordiv` of the logs), index = level - `first_level`, clamped to
+    [0, num_levels - 1].
+
     Args:
         boxes: [..., 4] float, yxyx in input-image pixels. Boxes with negative width
-            or height (padding) count as zero area and go to index 0.
+            or height (padding) count as zero area and go to index 0 ("finest_scale").
         num_levels: number of levels to choose from.
         finest_scale: box scale (pixels) that maps to the boundary of index 0 and 1
-            divided by two.
+            divided by two ("finest_scale").
+        rule: "finest_scale" or "canonical".
+        first_level: pyramid level of index 0 ("canonical"), log2 of the finest stride.
 
     Returns:
         [...] int32 level indices in [0, num_levels - 1].
     """
+    if rule not in LEVEL_ASSIGNMENTS:
+        raise ValueError(f"level_assignment must be one of {LEVEL_ASSIGNMENTS}, got {rule!r}")
     boxes = tf.cast(boxes, tf.float32)
+    if rule == "canonical":
+        areas_sqrt = tf.sqrt((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1]))
+        level = tf.cast(
+            tf.math.floordiv(
+                tf.math.log(tf.math.divide_no_nan(areas_sqrt, CANONICAL_SIZE)),
+                tf.math.log(2.0),
+            )
+            + float(CANONICAL_LEVEL),
+            tf.int32,
+        )
+        # Clamp before subtracting: a NaN or -inf log (empty box) casts to INT_MIN.
+        return tf.clip_by_value(level, first_level, first_level + num_levels - 1) - first_level
     height = tf.maximum(boxes[..., 2] - boxes[..., 0], 0.0)
     width = tf.maximum(boxes[..., 3] - boxes[..., 1], 0.0)
     ratio = tf.sqrt(height * width) / float(finest_scale) + 1e-6
@@ -120,6 +165,8 @@ def multilevel_roi_align(
     featmap_strides: Sequence[int],
     finest_scale: int = 56,
     sampling_ratio: int = 2,
+    aligned: bool = True,
+    level_assignment: str = "finest_scale",
 ) -> tf.Tensor:
     """RoIAlign of each box on the level `assign_box_levels` picks for it.
 
@@ -134,6 +181,9 @@ def multilevel_roi_align(
             (e.g. [8, 16, 32, 64] -> P3..P6); level index 0 is the first.
         finest_scale: see `assign_box_levels`.
         sampling_ratio: g, samples per bin side.
+        aligned: shift boxes by -0.5 feature pixel (torchvision's `aligned=True`); False:
+            no shift (and no minimum box size).
+        level_assignment: the `rule` of `assign_box_levels`.
 
     Returns:
         [B, N, S, S, C] pooled features, the dtype of the features.
@@ -152,7 +202,13 @@ def multilevel_roi_align(
         )
     maps = [_feature_map_for_stride(features, s) for s in strides]
     boxes = tf.stop_gradient(tf.cast(boxes, tf.float32))
-    level = assign_box_levels(boxes, num_levels=len(strides), finest_scale=finest_scale)
+    level = assign_box_levels(
+        boxes,
+        num_levels=len(strides),
+        finest_scale=finest_scale,
+        rule=level_assignment,
+        first_level=strides[0].bit_length() - 1,
+    )
     atlas, offsets, sizes = _build_atlas(maps)
     return _align_on_atlas(
         atlas,
@@ -164,6 +220,7 @@ def multilevel_roi_align(
         output_size=output_size,
         sampling_ratio=sampling_ratio,
         dtype=maps[0].dtype,
+        aligned=aligned,
     )
 
 
@@ -251,6 +308,7 @@ def _align_on_atlas(
     output_size: int,
     sampling_ratio: int,
     dtype: tf.DType,
+    aligned: bool = True,
 ) -> tf.Tensor:
     """RoIAlign of `boxes` [B, N, 4] on their `level` [B, N] parts of `atlas`."""
     batch, num_boxes = _dims(boxes)[:2]
@@ -264,7 +322,7 @@ def _align_on_atlas(
     size = tf.gather(sizes, flat_level)  # [M, 2] H, W
 
     # Box corners in the level's pixel coordinates (pixel centres at integers).
-    corners = flat_boxes / stride - 0.5
+    corners = flat_boxes / stride - (0.5 if aligned else 0.0)
     start, end = corners[:, :2], corners[:, 2:]
     step = (end - start) / float(samples)
     first_sample = start + 0.5 * step

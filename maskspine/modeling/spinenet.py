@@ -86,6 +86,9 @@ SCALING_MAP = {
 _STEM_BLOCKS = 2
 _STEM_BLOCK_FN = "bottleneck"
 
+#: `downsample_pooling` values (see `build_spinenet`).
+DOWNSAMPLE_POOLINGS = ("repeated", "single")
+
 
 def build_spinenet(
     model_id: str = "49",
@@ -101,6 +104,8 @@ def build_spinenet(
     endpoints_num_filters: int | None = None,
     resample_alpha: float | None = None,
     block_repeats: int | None = None,
+    conv_padding: str = "same",
+    downsample_pooling: str = "repeated",
     kernel_regularizer=None,
     name: str | None = None,
 ) -> keras.Model:
@@ -116,6 +121,12 @@ def build_spinenet(
         stochastic_depth_rate: drop rate of the last block; block i of 16 uses i/16 of it.
         filter_size_scale, endpoints_num_filters, resample_alpha, block_repeats:
             override the model id's scaling (small variants for tests and demos).
+        conv_padding: "same" (Model Garden) or "symmetric" (tensorflow/tpu) padding of
+            the stride-2 convolutions (see `layers.conv_bn`).
+        downsample_pooling: "repeated": a resampling connection that goes down by 4x or
+            more uses one 3x3 stride-2 max-pool per level after its stride-2 conv (Model
+            Garden); "single": one max-pool of size 3 (4x) or 5 (8x and more) with
+            stride ratio / 2 (tensorflow/tpu `resample_with_alpha`).
 
     Returns:
         A model mapping images [B, H, W, 3] to `{"P{l}": [B, H/2**l, W/2**l, C]}` for
@@ -136,6 +147,10 @@ def build_spinenet(
             scaling[key] = value
     if activation not in ("relu", "swish"):
         raise ValueError(f"activation must be 'relu' or 'swish', got {activation!r}")
+    if downsample_pooling not in DOWNSAMPLE_POOLINGS:
+        raise ValueError(
+            f"downsample_pooling must be one of {DOWNSAMPLE_POOLINGS}, got {downsample_pooling!r}"
+        )
     spec_levels = {spec.level for spec in SPINENET_BLOCK_SPECS if spec.is_output}
     if not set(range(min_level, max_level + 1)) <= spec_levels:
         raise ValueError(
@@ -155,6 +170,8 @@ def build_spinenet(
         epsilon=norm_epsilon,
         kernel_regularizer=kernel_regularizer,
         stochastic_depth_rate=stochastic_depth_rate,
+        conv_padding=conv_padding,
+        downsample_pooling=downsample_pooling,
         **scaling,
     )
     images = keras.Input(shape=input_shape, name="images")
@@ -180,7 +197,11 @@ class _SpineNetBuilder:
         epsilon: float,
         kernel_regularizer,
         stochastic_depth_rate: float,
+        conv_padding: str,
+        downsample_pooling: str,
     ):
+        self.conv_padding = conv_padding
+        self.downsample_pooling = downsample_pooling
         self.endpoints_num_filters = endpoints_num_filters
         self.filter_size_scale = filter_size_scale
         self.resample_alpha = resample_alpha
@@ -213,7 +234,14 @@ class _SpineNetBuilder:
 
     def stem(self, images) -> list[_Block]:
         x = conv_bn(
-            images, 64, 7, strides=2, activation=self.activation, name="stem", **self.common
+            images,
+            64,
+            7,
+            strides=2,
+            activation=self.activation,
+            padding=self.conv_padding,
+            name="stem",
+            **self.common,
         )
         x = layers.MaxPooling2D(pool_size=3, strides=2, padding="same", name="stem_pool")(x)
         blocks = []
@@ -277,13 +305,20 @@ class _SpineNetBuilder:
                 3,
                 strides=2,
                 activation=self.activation,
+                padding=self.conv_padding,
                 name=f"{name}_down",
                 **self.common,
             )
-            for step in range(target.level - parent.level - 1):
+            ratio = 2 ** (target.level - parent.level)
+            if self.downsample_pooling == "single" and ratio > 2:
                 x = layers.MaxPooling2D(
-                    3, strides=2, padding="same", name=f"{name}_pool{step + 1}"
+                    3 if ratio <= 4 else 5, strides=ratio // 2, padding="same", name=f"{name}_pool"
                 )(x)
+            elif self.downsample_pooling == "repeated":
+                for step in range(target.level - parent.level - 1):
+                    x = layers.MaxPooling2D(
+                        3, strides=2, padding="same", name=f"{name}_pool{step + 1}"
+                    )(x)
         elif parent.level > target.level:
             scale = 2 ** (parent.level - target.level)
             x = layers.UpSampling2D(scale, interpolation="nearest", name=f"{name}_up")(x)

@@ -219,6 +219,7 @@ def rpn_targets(
     add_gt_as_proposals: bool = False,
     means: Sequence[float],
     stds: Sequence[float],
+    legacy_plus_one: bool = False,
     seed=None,
 ) -> dict[str, tf.Tensor]:
     """Objectness and box targets for every anchor (defaults: the reference's train_cfg.rpn).
@@ -236,7 +237,7 @@ def rpn_targets(
         pos_iou_thr .. crowd_ioa_thr: `assign_max_iou` arguments.
         num, pos_fraction, neg_pos_ub: `sample_balanced` arguments. `add_gt_as_proposals`
             is accepted so a whole sampler config can be passed, and must be False.
-        means, stds: the RPN box coder (rpn.bbox_coder).
+        means, stds, legacy_plus_one: the RPN box coder (rpn.bbox_coder).
         seed: see `sample_balanced`.
     Returns:
         objectness: [B, A] float32, 1 for positive anchors, 0 otherwise.
@@ -275,7 +276,9 @@ def rpn_targets(
     positive = labels == 1
 
     matched_boxes = tf.gather(gt_boxes, matched_gt, batch_dims=1)
-    deltas = encode_boxes(matched_boxes, batched_anchors, means, stds)
+    deltas = encode_boxes(
+        matched_boxes, batched_anchors, means, stds, legacy_plus_one=legacy_plus_one
+    )
     return {
         "objectness": tf.cast(positive, tf.float32),
         "objectness_weight": tf.cast(sampled, tf.float32),
@@ -303,6 +306,7 @@ def rcnn_targets(
     add_gt_as_proposals: bool = True,
     means: Sequence[float],
     stds: Sequence[float],
+    legacy_plus_one: bool = False,
     seed=None,
 ) -> dict[str, tf.Tensor]:
     """Sample RoIs from the proposals and give them class and box targets (defaults: the
@@ -318,7 +322,7 @@ def rcnn_targets(
         num, pos_fraction, neg_pos_ub: `sample_balanced` arguments; S = num.
         add_gt_as_proposals: append the valid non-crowd gt boxes to the proposals first
             (N -> N + G candidates), so every gt has at least one positive RoI.
-        means, stds: the R-CNN box coder (bbox_head.bbox_coder).
+        means, stds, legacy_plus_one: the R-CNN box coder (bbox_head.bbox_coder).
         seed: see `sample_balanced`.
     Returns:
         rois: [B, S, 4] yxyx input pixels; zeros where roi_valid is False.
@@ -362,7 +366,7 @@ def rcnn_targets(
     rois = tf.where(roi_valid[..., None], tf.gather(candidates, indices, batch_dims=1), 0.0)
     roi_gt = tf.where(positive, tf.gather(matched_gt, indices, batch_dims=1), 0)
     matched_boxes = tf.where(positive[..., None], tf.gather(gt_boxes, roi_gt, batch_dims=1), 0.0)
-    deltas = encode_boxes(matched_boxes, rois, means, stds)
+    deltas = encode_boxes(matched_boxes, rois, means, stds, legacy_plus_one=legacy_plus_one)
     return {
         "rois": rois,
         "roi_valid": roi_valid,

@@ -1,0 +1,211 @@
+"""Side by side: a reference checkpoint made by the original code, imported into maskspine.
+
+    python tools/pretrained/compare.py --format modelgarden --model 49 /work/refdata/mg49_384
+    python tools/pretrained/compare.py --format tpu --model 49 /work/refdata/tpu49_384
+
+REFERENCE is an output directory of `../shared/tools/reference/{tpu,modelgarden}_make_reference.sh`
+(or of `make_reference_any.py` here for the other model ids): `ckpt/` (a checkpoint written by
+the original code) and `reference.npz` (its input and outputs on that input; conventions in
+the docstrings of the scripts that wrote them). This script imports `ckpt/` with
+`maskspine.pretrained.import_weights` (the config's input size set to the reference's),
+runs maskspine on the same normalised input and prints, from the backbone down:
+
+- features per level, RPN objectness logits and deltas per level (max |difference|);
+- proposals (same order expected: max |difference| of boxes and scores);
+- box head class logits and deltas on the reference's own proposals;
+- detections matched one to one (same class; their box within 0.01 px, score within 1e-4,
+  mask probabilities within 1e-3), the largest differences, and every unmatched detection
+  with what is near it (NMS ties are the only differences allowed);
+- parameter counts of both models.
+
+It needs no original code (the reference data holds their outputs); `--json FILE` also
+writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+BOX_TOL, SCORE_TOL, MASK_TOL = 0.01, 1e-4, 1e-3
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes a [N, 4] with b [M, 4] (yxyx)."""
+    top = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(bottom - top, 0, None), axis=-1)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=-1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=-1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def match_detections(theirs: dict, ours: dict) -> dict:
+    """Greedy one-to-one matching, their detections by descending score: the same class and
+    the nearest box (L-infinity), taken only within BOX_TOL."""
+    n_t, n_o = int(theirs["num"]), int(ours["num"])
+    used = np.zeros(n_o, bool)
+    pairs, unmatched = [], []
+    for i in range(n_t):
+        candidates = [
+            j for j in range(n_o) if not used[j] and ours["classes"][j] == theirs["classes"][i]
+        ]
+        if candidates:
+            diffs = [np.abs(ours["boxes"][j] - theirs["boxes"][i]).max() for j in candidates]
+            best = candidates[int(np.argmin(diffs))]
+            if min(diffs) <= BOX_TOL:
+                used[best] = True
+                pairs.append((i, best))
+                continue
+        unmatched.append(i)
+    return {
+        "pairs": pairs,
+        "unmatched_theirs": unmatched,
+        "unmatched_ours": list(np.flatnonzero(~used)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("reference", type=Path)
+    parser.add_argument("--format", required=True, choices=["tpu", "modelgarden"])
+    parser.add_argument("--model", default="49")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    from maskspine.checkpoints import load_model
+    from maskspine.pretrained import import_weights
+
+    ref = dict(np.load(args.reference / "reference.npz", allow_pickle=True))
+    size = int(ref["size"])
+    figures: dict = {"reference": str(args.reference), "format": args.format, "model": args.model,
+                     "size": size, "source": str(ref.get("source"))}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        report = import_weights(
+            args.reference / "ckpt",
+            format=args.format,
+            model=args.model,
+            output=run,
+            overrides=[f"img_height={size}", f"img_width={size}"],
+        )
+        print(report.summary())
+        model, config, _ = load_model(run)
+
+    images = tf.constant(ref["images"])
+    info = tf.constant(ref["image_info"])
+    features = model.backbone(images, training=False)
+    rows = []
+
+    def line(name: str, diff: float, scale: float | None = None) -> None:
+        text = f"  {name:<34} max|diff| {diff:.3g}" + (
+            f"  (max|value| {scale:.3g})" if scale else ""
+        )
+        rows.append(text)
+        print(text)
+        figures.setdefault("max_abs_diff", {})[name] = float(diff)
+
+    print("intermediate outputs (maskspine vs the original on the same input):")
+    for level in range(3, 8):
+        theirs = ref[f"fpn_l{level}"]
+        line(f"features P{level}", np.abs(features[f"P{level}"].numpy() - theirs).max(),
+             np.abs(theirs).max())  # fmt: skip
+    objectness, deltas = model.rpn_head(features, training=False)
+    for level in range(3, 8):
+        t_scores = ref[f"rpn_scores_l{level}"].reshape(1, -1)
+        t_boxes = ref[f"rpn_boxes_l{level}"].reshape(1, -1, 4)
+        line(f"RPN objectness logits P{level}", np.abs(objectness[level].numpy() - t_scores).max())
+        line(f"RPN deltas P{level}", np.abs(deltas[level].numpy() - t_boxes).max())
+    image_shape = model._image_shape(images, info)
+    _, _, proposals, _ = model.propose(features, image_shape, training=False)
+    proposals = proposals.numpy()[0]
+    t_rois = ref["rpn_rois"][0]
+    same = np.abs(proposals - t_rois).max(axis=1) <= BOX_TOL
+    nearest = np.abs(t_rois[:, None, :] - proposals[None, :, :]).max(-1).min(1)
+    as_set = nearest <= BOX_TOL
+    inside = np.abs(proposals - t_rois)[same].max() if same.any() else np.nan
+    line("proposals (rows in the same place)", inside)
+    t_scores = ref["rpn_roi_scores"][0]
+    gaps = [min(abs(t_scores[i] - t_scores[k]) for k in (i - 1, i + 1) if 0 <= k < len(t_scores))
+            for i in np.flatnonzero(~same)]  # fmt: skip
+    figures["proposals"] = {"same_place": int(same.sum()), "as_a_set": int(as_set.sum()),
+                            "moved_rows_score_gap_to_neighbour_max": float(max(gaps, default=0))}  # fmt: skip
+    print(f"  proposals within {BOX_TOL} px: {same.sum()} of {len(same)} in the same place, "
+          f"{as_set.sum()} as a set" + (f"; the moved rows' score differs from a neighbour's by "
+          f"at most {max(gaps):.2g} (order of near-equal scores)" if gaps else ""))  # fmt: skip
+    class_logits, box_deltas = model.box_head(
+        model.box_features(features, tf.constant(ref["rpn_rois"])), training=False
+    )
+    line(
+        "class logits on their proposals", np.abs(class_logits.numpy() - ref["class_outputs"]).max()
+    )
+    line("box deltas on their proposals",
+         np.abs(box_deltas.numpy().reshape(1, 1000, -1) - ref["box_outputs"]).max())  # fmt: skip
+
+    outputs = model({"images": images, "image_info": info}, training=False)
+    theirs = {"num": int(ref["num_detections"][0]), "boxes": ref["detection_boxes"][0],
+              "classes": ref["detection_classes"][0].astype(int),
+              "scores": ref["detection_scores"][0], "masks": ref["detection_masks"][0]}  # fmt: skip
+    ours = {"num": int(outputs["num_detections"][0]),
+            "boxes": outputs["detection_boxes"].numpy()[0],
+            "classes": outputs["detection_classes"].numpy()[0].astype(int),
+            "scores": outputs["detection_scores"].numpy()[0],
+            "masks": outputs["detection_masks"].numpy()[0]}  # fmt: skip
+    m = match_detections(theirs, ours)
+    pairs = m["pairs"]
+    box = max((np.abs(ours["boxes"][j] - theirs["boxes"][i]).max() for i, j in pairs), default=0)
+    score = max((abs(ours["scores"][j] - theirs["scores"][i]) for i, j in pairs), default=0)
+    mask = max((np.abs(ours["masks"][j] - theirs["masks"][i]).max() for i, j in pairs), default=0)
+    within = [
+        (i, j) for i, j in pairs
+        if abs(ours["scores"][j] - theirs["scores"][i]) <= SCORE_TOL
+        and np.abs(ours["masks"][j] - theirs["masks"][i]).max() <= MASK_TOL
+    ]  # fmt: skip
+    print("detections:")
+    print(f"  theirs {theirs['num']}, ours {ours['num']}; matched one to one (same class, box "
+          f"within {BOX_TOL} px): {len(pairs)}; also score within {SCORE_TOL} and mask within "
+          f"{MASK_TOL}: {len(within)} = {100.0 * len(within) / max(theirs['num'], 1):.1f}%")  # fmt: skip
+    print(f"  max |diff| over matched: box {box:.3g} px, score {score:.3g}, mask {mask:.3g}")
+    figures["detections"] = {
+        "theirs": theirs["num"], "ours": ours["num"], "matched": len(pairs),
+        "matched_within_all_tolerances": len(within), "max_box_diff": float(box),
+        "max_score_diff": float(score), "max_mask_diff": float(mask),
+    }  # fmt: skip
+    explain = []
+    for i in m["unmatched_theirs"]:
+        near = iou(theirs["boxes"][i : i + 1], ours["boxes"][: ours["num"]])[0]
+        j = int(np.argmax(near)) if ours["num"] else -1
+        text = (f"  theirs #{i}: class {theirs['classes'][i]} score {theirs['scores'][i]:.5f} "
+                f"box {np.round(theirs['boxes'][i], 2).tolist()}; nearest of ours: #{j} class "
+                f"{ours['classes'][j]} score {ours['scores'][j]:.5f} IoU {near[j]:.3f}")  # fmt: skip
+        print(text)
+        explain.append(text.strip())
+    for j in m["unmatched_ours"]:
+        text = (f"  ours #{j} (unmatched): class {ours['classes'][j]} score {ours['scores'][j]:.5f} "
+                f"box {np.round(ours['boxes'][j], 2).tolist()}")  # fmt: skip
+        print(text)
+        explain.append(text.strip())
+    figures["unmatched"] = explain
+
+    table = REPO / "tests" / "pretrained" / "tables" / f"{args.format}_{args.model}.json.gz"
+    with gzip.open(table, "rt") as f:
+        theirs_count = json.load(f)["num_parameters"]
+    figures["parameters"] = {"ours": int(model.count_params()), "theirs": int(theirs_count)}
+    print(f"parameters: ours {model.count_params():,}, theirs {theirs_count:,}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
