@@ -8,11 +8,36 @@
 #     `maskspine import-weights --format modelgarden`;
 #  3. `maskspine train configs/shapes_demo.yaml --pretrained RUN --set coco_classes=from_data` for one
 #     epoch on the shapes set, and the same run from scratch; both print the segm mAP.
-# usage: transfer_experiment.sh WORKDIR   (WORKDIR/pretrain_data and pretrain_val as in transfer_pretrain_modelgarden.sh)
+# usage: transfer_experiment.sh WORKDIR   (PRETRAIN_EPOCHS=2 by default)
 set -euo pipefail
 WORK=${1:?usage: transfer_experiment.sh WORKDIR}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 MS="python -m maskspine.cli"
+
+# 0. the pre-training set: shapes of other sizes (200-320 px images, 2-8 shapes from 16 px),
+#    seed 100, 600 training and 50 validation images, every instance COCO id 1 (class-agnostic:
+#    the fine-tuning task's three classes are never told apart), the 91 COCO categories listed
+if [ ! -f "$WORK/pretrain_val/labels.json" ]; then
+  python - "$REPO" "$WORK" <<'PYEOF'
+import json, sys
+from pathlib import Path
+from maskspine.config import load_config
+from maskspine.data.shapes import ShapesSpec, write_shapes_split
+repo, work = Path(sys.argv[1]), Path(sys.argv[2])
+config = load_config(repo / "configs/pretrained/spinenet49_mrcnn_modelgarden.yaml")
+categories = [{"id": i, "name": n, "supercategory": "coco"}
+              for i, n in zip(config.category_ids, config.coco_classes[1:])]
+spec = ShapesSpec(min_image_size=200, max_image_size=320, min_shapes=2, max_shapes=8,
+                  min_shape_size=16, max_shape_fraction=0.35)
+for name, count, split in (("pretrain_data", 600, 0), ("pretrain_val", 50, 1)):
+    labels = write_shapes_split(work / name, count, seed=100, split_index=split, spec=spec)
+    data = json.loads(labels.read_text())
+    data["categories"] = categories
+    for annotation in data["annotations"]:
+        annotation["category_id"] = 1
+    labels.write_text(json.dumps(data))
+PYEOF
+fi
 ARCH=(--set img_height=256 --set img_width=256
   --set backbone.filter_size_scale=0.25 --set backbone.endpoints_num_filters=64
   --set rpn.in_channels=64 --set rpn.feat_channels=64
