@@ -29,18 +29,19 @@ def _iou(a, b) -> float:
 
 def match(reference: list[dict], other: list[dict]) -> tuple[list[tuple[dict, dict]], int, int]:
     """Greedy one-to-one matching by reference score: same class, IoU >= 0.5."""
-    free = list(other)
+    free = set(range(len(other)))
     pairs = []
     for detection in sorted(reference, key=lambda d: -d["score"]):
         candidates = [
-            o
-            for o in free
-            if o["label"] == detection["label"] and _iou(o["box"], detection["box"]) >= 0.5
+            j
+            for j in free
+            if other[j]["label"] == detection["label"]
+            and _iou(other[j]["box"], detection["box"]) >= 0.5
         ]
         if candidates:
-            best = max(candidates, key=lambda o: _iou(o["box"], detection["box"]))
+            best = max(candidates, key=lambda j: _iou(other[j]["box"], detection["box"]))
             free.remove(best)
-            pairs.append((detection, best))
+            pairs.append((detection, other[best]))
     return pairs, len(reference) - len(pairs), len(free)
 
 

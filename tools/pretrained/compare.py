@@ -16,7 +16,10 @@ runs maskspine on the same normalised input and prints, from the backbone down:
 - detections matched one to one (same class; their box within 0.01 px, score within 1e-4,
   mask probabilities within 1e-3), the largest differences, and every unmatched detection
   with what is near it (NMS ties are the only differences allowed);
-- parameter counts of both models.
+- parameter counts of both models;
+- with `--precision bfloat16` (or float16), the import run again in that precision: its
+  detections matched to the original's float32 ones (same class, IoU >= 0.5, as
+  `benchmarks/precision_accuracy.py` matches) with their box and score differences.
 
 It needs no original code (the reference data holds their outputs); `--json FILE` also
 writes the figures.
@@ -74,12 +77,44 @@ def match_detections(theirs: dict, ours: dict) -> dict:
     }
 
 
+def compare_precision(model, images, info, theirs: dict, precision: str) -> dict:
+    """The original's float32 detections against the import's in another precision."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from precision_accuracy import match
+
+    outputs = model({"images": images, "image_info": info}, training=False)
+    n = int(outputs["num_detections"][0])
+    low = [{"box": b, "score": float(s), "label": int(c)} for b, s, c in zip(
+        outputs["detection_boxes"].numpy()[0][:n], outputs["detection_scores"].numpy()[0][:n],
+        outputs["detection_classes"].numpy()[0][:n])]  # fmt: skip
+    reference = [{"box": theirs["boxes"][i], "score": float(theirs["scores"][i]),
+                  "label": int(theirs["classes"][i])} for i in range(theirs["num"])]  # fmt: skip
+    pairs, missing, extra = match(reference, low)
+    box = [float(np.abs(np.subtract(a["box"], b["box"])).max()) for a, b in pairs]
+    score = [abs(a["score"] - b["score"]) for a, b in pairs]
+    figures = {"precision": precision, "computes_in": model.precision, "theirs": len(reference),
+               "ours": len(low), "matched": len(pairs), "unmatched_theirs": missing,
+               "unmatched_ours": extra,
+               "box_diff_median": float(np.median(box)) if box else None,
+               "box_diff_max": max(box, default=None),
+               "score_diff_median": float(np.median(score)) if score else None,
+               "score_diff_max": max(score, default=None)}  # fmt: skip
+    print(f"{precision} ({model.precision}) against the original's float32 detections: "
+          f"{len(pairs)} of {len(reference)} matched (same class, IoU >= 0.5), {extra} of ours "
+          f"without a partner")  # fmt: skip
+    if pairs:
+        print(f"  box corners differ by median {np.median(box):.3f} px, at most {max(box):.3f}; "
+              f"scores by median {np.median(score):.4f}, at most {max(score):.4f}")  # fmt: skip
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reference", type=Path)
     parser.add_argument("--format", required=True, choices=["tpu", "modelgarden"])
     parser.add_argument("--model", default="49")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--precision", help="also run the import in this precision")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -102,6 +137,9 @@ def main() -> None:
         )
         print(report.summary())
         model, config, _ = load_model(run)
+        low = None
+        if args.precision:
+            low = load_model(run, overrides=[f"precision={args.precision}"])[0]
 
     images = tf.constant(ref["images"])
     info = tf.constant(ref["image_info"])
@@ -197,6 +235,9 @@ def main() -> None:
         print(text)
         explain.append(text.strip())
     figures["unmatched"] = explain
+
+    if low is not None:
+        figures["precision"] = compare_precision(low, images, info, theirs, args.precision)
 
     table = REPO / "tests" / "pretrained" / "tables" / f"{args.format}_{args.model}.json.gz"
     with gzip.open(table, "rt") as f:
