@@ -27,3 +27,9 @@ def tiny_config():
     from maskspine.config import load_config
 
     return load_config(os.path.join(REPO, "configs", "shapes_demo.yaml"), TINY_OVERRIDES)
+
+
+# Grappler's graph optimisations take a third of the time of a test that traces a training
+# step, and change results only by float rounding: tests run without them (the notebooks, run in their own
+# kernels, the benchmarks and the CLI keep them).
+tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})

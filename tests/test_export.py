@@ -638,6 +638,7 @@ def test_client_grpc_round_trip(exported):
         server.stop(None)
 
 
+@pytest.mark.slow  # a second export and model trace in bfloat16: a minute
 def test_bfloat16_export_equals_bfloat16_infer(exported):
     """`--precision bfloat16`: the SavedModel computes in bfloat16, takes uint8 / strings and
     returns float32, and gives what `infer` gives at the same precision."""

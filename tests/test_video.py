@@ -361,6 +361,7 @@ def test_camera_stops_at_max_frames(config, tmp_path):
 def test_ctrl_c_stops_the_camera_and_writes_everything_so_far(config, tmp_path):
     camera = FakeCamera(interrupt_at=6)
     messages = []
+    handler_before = signal.getsignal(signal.SIGINT)  # a test worker may ignore SIGINT
     with stop_on_interrupt(messages.append) as stop:
         summary = infer_video(
             BrightModel(), config, camera, tmp_path / "live.json",
@@ -374,4 +375,4 @@ def test_ctrl_c_stops_the_camera_and_writes_everything_so_far(config, tmp_path):
     assert len(entries) == summary.frames_predicted == summary.frames_read
     with VideoFile(tmp_path / "live.mp4") as video:  # a whole, valid video
         assert len(list(video)) == summary.frames_read and video.damage is None
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored

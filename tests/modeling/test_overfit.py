@@ -58,6 +58,7 @@ def box_iou(a, b) -> float:
     return inter / union
 
 
+@pytest.mark.slow  # 40 training steps: over a minute
 def test_losses_fall_quickly(tiny_config):
     batch, _ = make_batch(2)
     _, first, history = train(tiny_config, batch, steps=40)

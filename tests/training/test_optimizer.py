@@ -223,6 +223,7 @@ def test_strategy_for_cpu_replicas_and_tf_config(monkeypatch):
 
 # float16 convolutions are emulated on CPUs (minutes for this test): it runs bfloat16 here,
 # float16's loss scaling is tested below and on GPUs.
+@pytest.mark.slow  # bfloat16 kernels without native support: over a minute
 @pytest.mark.parametrize("precision", ["bfloat16"])
 def test_a_mixed_precision_model_trains_on_cpu_with_float32_outputs(tiny_config, precision):
     import numpy as np

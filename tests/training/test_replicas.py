@@ -32,6 +32,7 @@ def build(config, strategy):
     return model
 
 
+@pytest.mark.slow  # two replicas' traces of the train step: over a minute on 2 cores
 def test_two_replicas_match_one_replica(tiny_config):
     for key, value in DETERMINISTIC.items():
         section, *rest = key.split(".")

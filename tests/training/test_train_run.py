@@ -151,6 +151,7 @@ def test_log_has_the_reference_lines(finished_run):
     )
 
 
+@pytest.mark.slow  # a resumed training run: over a minute
 def test_resume_continues_at_the_next_step_without_repeating_epochs(run_copy):
     from maskspine.training.trainer import train
 
@@ -305,6 +306,7 @@ def test_rerun_with_another_config_is_refused_with_the_ways_forward(run_copy, sm
     assert f"--resume {run_copy}" in message and "--brief" in message
 
 
+@pytest.mark.slow  # a resumed training run: over a minute
 def test_damaged_latest_checkpoint_falls_back_to_the_newest_good_one(run_copy):
     from maskspine.training.trainer import train
 
@@ -322,6 +324,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_good_one(run_copy):
     assert "Resuming from ckpt-00000004.weights.h5: epoch 2, step 1 of the epoch" in log
 
 
+@pytest.mark.slow  # two training runs from scratch: two minutes
 def test_deterministic_runs_give_identical_losses(small_shapes, tmp_path):
     from tensorflow.python.framework import config as tf_config
 
