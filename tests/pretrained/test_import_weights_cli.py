@@ -74,3 +74,31 @@ def test_import_errors_are_one_line_exit_2(checkpoint, tmp_path):
                             "--model", "49", "--output", tmp_path / "run")  # fmt: skip
     assert code == 2 and "use --format tpu" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # an export with the originals' padded NMS traced: about a minute
+def test_export_of_an_imported_run_serves_coco_category_ids(checkpoint, tmp_path):
+    import tensorflow as tf
+
+    run = tmp_path / "coco49"
+    sets = [arg for override in TINY_PRETRAINED_OVERRIDES for arg in ("--set", override)]
+    code, out, err = invoke(
+        "import-weights", checkpoint, "--format", "tpu", "--model", "49", "--output", run, *sets
+    )
+    assert code == 0, out + err
+    code, out, err = invoke("export", "--checkpoint", run, "--output", tmp_path / "exports")
+    assert code == 0, out + err
+    (version,) = (tmp_path / "exports").iterdir()
+    labels = json.loads((version / "assets" / "labels.json").read_text())
+    # COCO's 90 ids (the 10 unused ones included), label = id - 1, the names of the zoo
+    assert [entry["category_id"] for entry in labels] == list(range(1, 91))
+    assert [entry["label"] for entry in labels] == list(range(90))
+    assert labels[0]["name"] == "person" and labels[11]["name"] == "N/A"
+    served = tf.saved_model.load(str(version)).signatures["serving_default"]
+    image = np.random.default_rng(3).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    outputs = served(images=tf.constant(image[None]))
+    num = int(outputs["num_detections"][0])
+    classes = outputs["detection_classes"].numpy()[0, :num]
+    assert set(classes.tolist()) <= set(range(1, 91))
+    boxes = outputs["detection_boxes"].numpy()[0, :num]  # original image pixels
+    assert (boxes >= 0).all() and (boxes[:, 2] <= 90).all() and (boxes[:, 3] <= 120).all()
