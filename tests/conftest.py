@@ -30,6 +30,6 @@ def tiny_config():
 
 
 # Grappler's graph optimisations take a third of the time of a test that traces a training
-# step, and change results only by float rounding: tests run without them (the notebooks, run in their own
-# kernels, the benchmarks and the CLI keep them).
+# step and change results only by float rounding: tests run without them. The processes the
+# tests start (notebook kernels, CLI subprocesses) and every use outside the tests keep them.
 tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
