@@ -80,7 +80,7 @@ def match_detections(theirs: dict, ours: dict) -> dict:
 def compare_precision(model, images, info, theirs: dict, precision: str) -> dict:
     """The original's float32 detections against the import's in another precision."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from precision_accuracy import match
+    from precision_accuracy import format_summary, match, summarize
 
     outputs = model({"images": images, "image_info": info}, training=False)
     n = int(outputs["num_detections"][0])
@@ -90,21 +90,14 @@ def compare_precision(model, images, info, theirs: dict, precision: str) -> dict
     reference = [{"box": theirs["boxes"][i], "score": float(theirs["scores"][i]),
                   "label": int(theirs["classes"][i])} for i in range(theirs["num"])]  # fmt: skip
     pairs, missing, extra = match(reference, low)
-    box = [float(np.abs(np.subtract(a["box"], b["box"])).max()) for a, b in pairs]
-    score = [abs(a["score"] - b["score"]) for a, b in pairs]
     figures = {"precision": precision, "computes_in": model.precision, "theirs": len(reference),
                "ours": len(low), "matched": len(pairs), "unmatched_theirs": missing,
-               "unmatched_ours": extra,
-               "box_diff_median": float(np.median(box)) if box else None,
-               "box_diff_max": max(box, default=None),
-               "score_diff_median": float(np.median(score)) if score else None,
-               "score_diff_max": max(score, default=None)}  # fmt: skip
+               "unmatched_ours": extra, **summarize(pairs)}  # fmt: skip
     print(f"{precision} ({model.precision}) against the original's float32 detections: "
           f"{len(pairs)} of {len(reference)} matched (same class, IoU >= 0.5), {extra} of ours "
           f"without a partner")  # fmt: skip
     if pairs:
-        print(f"  box corners differ by median {np.median(box):.3f} px, at most {max(box):.3f}; "
-              f"scores by median {np.median(score):.4f}, at most {max(score):.4f}")  # fmt: skip
+        print("  " + format_summary(figures))
     return figures
 
 
