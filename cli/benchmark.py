@@ -98,7 +98,7 @@ def benchmark_command(
     typer.echo(f"machine: {benchmark.machine_description()}")
     typer.echo(
         f"config: SpineNet-{loaded.backbone.arch}, {loaded.img_height}x{loaded.img_width}, "
-        f"{loaded.num_classes} classes, precision {loaded.precision}"
+        f"{loaded.num_classes - 1} classes (and background), precision {loaded.precision}"
     )
     rows = benchmark.run_benchmark(
         loaded,

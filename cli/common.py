@@ -20,8 +20,8 @@ from maskspine.errors import USER_ERRORS
 F = TypeVar("F", bound=Callable)
 
 CONFIG_HELP = (
-    "A config overriding the model and test settings saved with the checkpoint "
-    "(optional: the run directory's config.yaml is used)."
+    "A config whose keys replace those saved with the checkpoint, the others kept "
+    "(optional: the run directory's config.yaml alone is used)."
 )
 CHECKPOINT_HELP = "A .weights.h5 file, or a run directory (its best checkpoint, else its latest)."
 SET_HELP = "Config override KEY=VALUE (repeatable), e.g. --set test_cfg.rcnn.score_thr=0.3."
@@ -62,9 +62,9 @@ def user_errors(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def report_failures(failures: list[tuple[str, str]], what: str) -> None:
-    """Names every failed item on stderr, then a count."""
+def report_failures(failures: list[tuple[str, str]], what: str, unit: str = "image") -> None:
+    """Names every failed item on stderr with its reason, then a count."""
     for path, reason in failures:
         typer.echo(f"skipped {path}: {reason}", err=True)
     if failures:
-        typer.echo(f"{len(failures)} image(s) could not be {what}", err=True)
+        typer.echo(f"{len(failures)} {unit}(s) skipped (could not be {what})", err=True)

@@ -149,18 +149,26 @@ def show(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the shapes set.")] = 0,
 ) -> None:
-    """Draw samples with their ground-truth boxes, masks and class names (PNG files)."""
+    """Draw samples with their ground-truth boxes, masks and class names (PNG files).
+
+    The PNGs are written under temporary names and renamed into --output when all are
+    drawn; --output may not be (or hold) the data set's image folder."""
+    from maskspine.files import StagedOutputs, check_outputs
+
     splits = _sources(source, images, annotations, seed=seed, data_dir=data_dir)
     label, split = splits[0]  # shapes: the train split
-    output.mkdir(parents=True, exist_ok=True)
-    if augmented:
-        written = _show_augmented(split, output, count, config, overrides or [], data_dir)
-    else:
-        written = _show_files(split, output, count)
+    check_outputs({}, [split.images_dir, split.annotations_file], folders={"--output": output})
+    with StagedOutputs() as staged:
+        if augmented:
+            written = _show_augmented(
+                split, output, count, config, overrides or [], data_dir, staged
+            )
+        else:
+            written = _show_files(split, output, count, staged)
     typer.echo(f"{label}: drew {len(written)} sample(s) into {output}")
 
 
-def _show_files(split: CocoSource, output: Path, count: int) -> list[Path]:
+def _show_files(split: CocoSource, output: Path, count: int, staged) -> list[Path]:
     import numpy as np
 
     from maskspine.data.coco import CocoLabels, ReadSummary, iter_examples
@@ -184,7 +192,7 @@ def _show_files(split: CocoSource, output: Path, count: int) -> list[Path]:
             title=example.file_name,
         )
         path = output / f"{Path(example.file_name).stem}.png"
-        ax.figure.savefig(path)
+        ax.figure.savefig(staged.stage(path), format="png")
         written.append(path)
         if len(written) >= count:
             break
@@ -198,6 +206,7 @@ def _show_augmented(
     config_path: Path | None,
     overrides: list[str],
     data_dir: Path | None,
+    staged,
 ) -> list[Path]:
     import dataclasses
 
@@ -219,6 +228,6 @@ def _show_augmented(
         )
         ax = draw_batch_element(batch, 0, config, names, title=title)
         path = output / f"augmented_{index:03d}.png"
-        ax.figure.savefig(path)
+        ax.figure.savefig(staged.stage(path), format="png")
         written.append(path)
     return written

@@ -96,8 +96,11 @@ def export_command(
     """Export a checkpoint as a SavedModel for TF Serving (pre- and post-processing inside)."""
     from maskspine.checkpoints import load_model
     from maskspine.export import export_saved_model, free_version
+    from maskspine.files import check_writable_folder
 
-    # Checked before loading the model: fails in a second instead of after the build.
+    # Checked before loading the model: fails in a second instead of after the build. An
+    # export never replaces anything: it writes a new version folder.
+    check_writable_folder(output, "--output")
     target_version = free_version(output, version)
     overrides = [*(overrides or []), *precision_override(precision)]
     model, loaded_config, weights = load_model(checkpoint, config, overrides)

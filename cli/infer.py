@@ -1,27 +1,36 @@
-"""`maskspine infer`: a checkpoint run over image files, a video or a camera, written as the
-reference's JSON.
+"""`maskspine infer`: a checkpoint run over images, videos or a camera; the predictions as the
+reference's JSON, and drawn images and videos in the same pass.
 
-    maskspine infer --checkpoint runs/260101_MaskRCNN_shapes_256x256 --input photos/ \
-        --output predictions.json --score-threshold 0.3
-    maskspine infer --checkpoint runs/<run> --input clip.mp4 --output clip.json \
+    maskspine infer --checkpoint runs/<run> --input photos/ --output predictions.json \\
+        --draw drawn/ --score-threshold 0.3
+    maskspine infer --checkpoint runs/<run> --input 'shots/*.webp' --input extra.jpg \\
+        --input archive/ --recursive --draw drawn/
+    maskspine infer --checkpoint runs/<run> --input clip.mp4 --output clip.json \\
         --video-output clip_drawn.mp4 --frame-stride 2
-    maskspine infer --checkpoint runs/<run> --input camera:0 --output live.json \
-        --video-output live.mp4 --max-frames 300
+    maskspine infer --checkpoint runs/<run> --input camera:0 --output live.json --max-frames 300
 
-Images: every JPEG / PNG in the folder's top level (or the one file given) is read; an image
-that cannot be read is named on stderr and skipped, the others are still written, and the
-exit code is then 1.
+Inputs (`--input`, repeatable): files, folders (`--recursive`: their sub-folders too), glob
+patterns, or camera:N. Every file is sorted by its content: what Pillow reads is an image
+(JPEG, PNG, WebP, BMP, TIFF, a one-frame GIF, ...), an animated GIF or what FFmpeg reads as a
+video is a video (the `video` extra). Each file left out is named on stderr with the reason,
+then a count, and the exit code is 1; the others are still run and written.
 
-Videos (any other file: MP4, MOV, WebM, MKV, AVI, animated GIF, ... as FFmpeg reads them;
-the `video` extra) and cameras (`camera:N`): one JSON entry per frame run, keyed
-`<input>#<frame number, 6 digits>` with the frame's time in seconds (`maskspine.formats`).
-A video cut short or damaged keeps the frames before the damage, names it on stderr and exits
-with 1. Ctrl-C stops after the frames in flight and writes everything so far (exit 0 for a
-camera, 1 for a file); a second Ctrl-C aborts.
+Outputs: `--output` (the JSON: images keyed by path, frames by `<video>#<frame>`), `--draw
+DIR` (one drawn PNG per image, as `maskspine draw` draws it, and one drawn `.mp4` per
+video), `--video-output` (the drawn video of a single video or camera). No output may be an
+input or a folder holding the inputs; all are checked, with their folders' permissions,
+before the model loads. Existing outputs are replaced only when the run has written the new
+ones whole (temporary files, renamed at the end).
+
+Ctrl-C stops after the images or frames in flight and writes everything so far (the JSON and
+the drawn video hold the same frames; exit 0 for a camera, 1 otherwise); a second Ctrl-C
+aborts and leaves every previous output as it was. A video cut short or damaged keeps the
+frames before the damage, names it on stderr and exits with 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -37,10 +46,12 @@ from maskspine.cli.common import (
     report_failures,
     user_errors,
 )
+from maskspine.video import open_source
 
 INPUT_HELP = (
-    "An image file or a folder of JPEG / PNG images; a video file (.mp4, .mov, .webm, .mkv, "
-    ".avi, .gif, ...: whatever FFmpeg reads); or camera:N for camera device N (/dev/videoN)."
+    "An image or video file, a folder, a glob pattern ('photos/*.jpg'), or camera:N for "
+    "camera device N (/dev/videoN). Repeat for several. Files are sorted into images and "
+    "videos by their content."
 )
 
 
@@ -48,8 +59,22 @@ INPUT_HELP = (
 def infer_command(
     config: Annotated[Path | None, typer.Argument(help=CONFIG_HELP, show_default=False)] = None,
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help=CHECKPOINT_HELP)] = ...,
-    input: Annotated[str, typer.Option("--input", help=INPUT_HELP)] = ...,
-    output: Annotated[Path, typer.Option("--output", help="The JSON file to write.")] = ...,
+    inputs: Annotated[list[str], typer.Option("--input", help=INPUT_HELP)] = ...,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", help="Search the sub-folders of folders too.")
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="The predictions JSON to write (the reference's format)."),
+    ] = None,
+    draw: Annotated[
+        Path | None,
+        typer.Option(
+            "--draw",
+            help="Folder for drawn results: a PNG per image (as `maskspine draw` draws it) and "
+            "an .mp4 per video, with the run's class names and --draw-threshold.",
+        ),
+    ] = None,
     score_threshold: Annotated[
         float,
         typer.Option(
@@ -60,6 +85,15 @@ def infer_command(
             "test_cfg.rcnn.score_thr applies first).",
         ),
     ] = 0.0,
+    draw_threshold: Annotated[
+        float,
+        typer.Option(
+            "--draw-threshold",
+            min=0.0,
+            max=1.0,
+            help="Draw predictions scoring at least this (--draw, --video-output, --show).",
+        ),
+    ] = 0.5,
     batch_size: Annotated[
         int | None,
         typer.Option(
@@ -70,9 +104,9 @@ def infer_command(
         Path | None,
         typer.Option(
             "--video-output",
-            help="Video input: write every frame with its predictions drawn (as `maskspine "
-            "draw` draws them) to this video, at the source's size and frame rate "
-            "(.mp4 / .mov / .mkv: H.264, .webm: VP9, .avi: MPEG-4, .gif).",
+            help="One video or camera input: write every frame with its predictions drawn to "
+            "this video, at the source's size and frame rate (.mp4 / .mov / .mkv: H.264, "
+            ".webm: VP9, .avi: MPEG-4, .gif).",
         ),
     ] = None,
     frame_stride: Annotated[
@@ -90,15 +124,6 @@ def infer_command(
             "--max-frames", min=1, help="Video input: stop after this many frames have been run."
         ),
     ] = None,
-    draw_threshold: Annotated[
-        float,
-        typer.Option(
-            "--draw-threshold",
-            min=0.0,
-            max=1.0,
-            help="Video input: draw predictions scoring at least this.",
-        ),
-    ] = 0.5,
     show: Annotated[
         bool | None,
         typer.Option(
@@ -111,141 +136,83 @@ def infer_command(
     precision: Annotated[Precision | None, typer.Option("--precision", help=PRECISION_HELP)] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)] = None,
 ) -> None:
-    """Predict instances in images, a video or a camera: JSON keyed by image path or by frame,
-    as the reference writes it."""
-    from maskspine.errors import InferenceError
-    from maskspine.files import check_writable
-    from maskspine.video import is_camera, is_video_file
+    """Predict instances in images, videos or a camera: the JSON keyed by image path or by
+    frame, as the reference writes it, and drawn images and videos in the same pass."""
+    from maskspine.inference import OutputPlan
+    from maskspine.inputs import collect_inputs
+    from maskspine.segmenter import load
+    from maskspine.visualize import FrameWindow, display_available
 
-    check_writable(output, "predictions")
-    if not is_camera(input) and not Path(input).expanduser().exists():
-        raise FileNotFoundError(
-            f"input not found: {input} (give an image file, a folder of images, a video file "
-            "or camera:N)"
-        )
-    if is_camera(input) or is_video_file(input):
-        _infer_video(
-            config, checkpoint, input, output, score_threshold, batch_size, overrides,
-            video_output, frame_stride, max_frames, draw_threshold, show,
-        )  # fmt: skip
-        return
-    video_options = {
-        "--video-output": video_output is not None,
-        "--frame-stride": frame_stride != 1,
-        "--max-frames": max_frames is not None,
-        "--show": bool(show),
-    }
-    given = [name for name, used in video_options.items() if used]
-    if given:
-        raise InferenceError(
-            f"{', '.join(given)} take a video file or camera:N as --input, not images ({input})"
-        )
-
-    from maskspine.checkpoints import load_model
-    from maskspine.data.images import find_images
-    from maskspine.formats import save_inference_json
-    from maskspine.predict import predict_images
-
-    images = find_images(input)
-    overrides = [*(overrides or []), *precision_override(precision)]
-    model, model_config, weights = load_model(checkpoint, config, overrides)
-    typer.echo(f"Loaded {weights}; {len(images)} image(s) from {input}")
-    entries, failures = predict_images(
-        model,
-        model_config,
-        images,
-        batch_size=batch_size,
+    found = collect_inputs(inputs, recursive=recursive)
+    camera = found.camera is not None
+    if show is None:
+        show = camera and display_available()
+        if show:
+            try:
+                FrameWindow.check_available()
+            except Exception as error:  # a display, but no GUI toolkit for matplotlib
+                typer.echo(f"not showing the frames: {error}", err=True)
+                show = False
+    plan = OutputPlan(
+        json=output,
+        draw_dir=draw,
+        video_output=video_output,
+        show=bool(show),
         score_threshold=score_threshold,
-        progress=True,
+        draw_threshold=draw_threshold,
+        frame_stride=frame_stride,
+        max_frames=max_frames,
     )
-    save_inference_json(output, entries)
-    count = sum(len(entry["predictions"]) for entry in entries.values())
-    typer.echo(f"Wrote {count} predictions for {len(entries)} image(s) to {output}")
-    report_failures(failures, "read")
-    if failures:
-        raise typer.Exit(1)
-
-
-def _infer_video(
-    config: Path | None,
-    checkpoint: Path,
-    input: str,
-    output: Path,
-    score_threshold: float,
-    batch_size: int | None,
-    overrides: list[str] | None,
-    video_output: Path | None,
-    frame_stride: int,
-    max_frames: int | None,
-    draw_threshold: float,
-    show: bool | None,
-) -> None:
-    """A video file or a camera through the model (`maskspine.video.infer_video`)."""
-    from maskspine.checkpoints import load_model
-    from maskspine.errors import InferenceError
-    from maskspine.video import (
-        FrameWindow,
-        VideoWriter,
-        display_available,
-        infer_video,
-        is_camera,
-        open_source,
-        stop_on_interrupt,
-    )
-
-    camera = is_camera(input)
-    if video_output is not None:  # an unwritable path or unknown ending fails before the model
-        VideoWriter.check_path(video_output)
-    if show:
-        FrameWindow.check_available()
-    with open_source(input) as source:
-        info = source.info
-        model, model_config, weights = load_model(checkpoint, config, overrides or [])
-        length = f", {info.frame_count} frames" if info.frame_count else ""
-        typer.echo(
-            f"Loaded {weights}; {'camera' if camera else 'video'} {input}: "
-            f"{info.width}x{info.height}, {float(info.frame_rate):.3g} frames/s{length}"
+    plan.check(found)  # before the model loads: fails in a second
+    with contextlib.ExitStack() as stack:
+        # A camera is opened before the model loads too (a missing one fails at once).
+        source = stack.enter_context(open_source(found.camera)) if camera else None
+        segmenter = load(
+            checkpoint,
+            config,
+            overrides=[*(overrides or []), *precision_override(precision)],
+            batch_size=batch_size,
         )
-        if show is None:
-            show = camera and display_available()
-            if show:
-                try:
-                    FrameWindow.check_available()
-                except InferenceError as error:  # a display, but no GUI toolkit for matplotlib
-                    typer.echo(f"not showing the frames: {error}", err=True)
-                    show = False
-        if camera and not show and max_frames is None:
-            typer.echo("Press Ctrl-C to stop.")
-        with stop_on_interrupt(lambda text: typer.echo(text, err=True)) as stop:
-            summary = infer_video(
-                model,
-                model_config,
-                source,
-                output,
-                video_output=video_output,
-                frame_stride=frame_stride,
-                max_frames=max_frames,
-                batch_size=batch_size,
-                score_threshold=score_threshold,
-                draw_threshold=draw_threshold,
-                progress=True,
-                window=FrameWindow(f"maskspine: {input}") if show else None,
-                stop=stop,
-            )
-    typer.echo(
-        f"Wrote {summary.predictions} predictions for {summary.frames_predicted} frame(s) "
-        f"to {output}"
-    )
-    if summary.video_output is not None:
-        typer.echo(f"Wrote {summary.frames_written} drawn frame(s) to {summary.video_output}")
+        _run(segmenter, found, plan, source)
+
+
+def _run(segmenter, found, plan, source) -> None:
+    """The run and its report (see the module docstring)."""
+    from maskspine.inference import run_inference
+    from maskspine.interrupt import stop_on_interrupt
+
+    camera = found.camera is not None
+    counts = [f"{len(found.images)} image(s)"] if found.images else []
+    counts += [f"{len(found.videos)} video(s)"] if found.videos else []
+    counts += [found.camera] if camera else []
+    precision_used = getattr(segmenter.model, "precision", "float32")
+    typer.echo(f"Loaded {segmenter.weights} ({precision_used}); {', '.join(counts)}")
+    if camera and not plan.show and plan.max_frames is None:
+        typer.echo("Press Ctrl-C to stop.")
+    with stop_on_interrupt(lambda text: typer.echo(text, err=True)) as stop:
+        summary = run_inference(
+            segmenter,
+            found,
+            plan,
+            stop=stop,
+            progress=True,
+            echo=typer.echo,
+            open_video=(lambda spec: source) if source is not None else open_source,
+        )
+    runs = [f"{summary.images} image(s)"] if found.images else []
+    runs += [f"{summary.frames} frame(s)"] if found.videos or camera else []
+    if plan.json is not None:
+        typer.echo(
+            f"Wrote {summary.predictions} predictions for {' and '.join(runs)} to {plan.json}"
+        )
+    if summary.drawn_images:
+        typer.echo(f"Drew {summary.drawn_images} image(s) into {plan.draw_dir}")
+    for path, frames in summary.drawn_videos:
+        typer.echo(f"Wrote {frames} drawn frame(s) to {path}")
     if summary.stopped:
-        typer.echo(f"Stopped after {summary.frames_read} frame(s); everything so far is written")
-    if summary.damage is not None:
-        typer.echo(
-            f"error: {input}: {summary.damage}; the {summary.frames_read} frame(s) before it "
-            "were used",
-            err=True,
-        )
-        raise typer.Exit(1)
-    if summary.stopped and not camera:
+        typer.echo("Stopped early; everything so far is written")
+    report_failures(summary.skipped, "read as an image or a video", unit="file")
+    for video, damage in summary.damage:
+        typer.echo(f"error: {video}: {damage}; the frames before it were used", err=True)
+    if summary.skipped or summary.damage or (summary.stopped and not camera):
         raise typer.Exit(1)

@@ -13,8 +13,8 @@ from maskspine.cli.common import user_errors
 def train_command(
     config: Path | None = typer.Argument(
         None,
-        help="YAML config (configs/*.yaml). With --resume: optional, the run's saved config "
-        "by default.",
+        help="YAML config (configs/*.yaml). With --resume: optional; its keys replace those of "
+        "the run's saved config, the others kept.",
         show_default=False,
     ),
     train_data: str | None = typer.Option(
@@ -53,13 +53,30 @@ def train_command(
 ) -> None:
     """Train Mask R-CNN; with no data named, on the synthetic shapes set."""
     from maskspine.checkpoints import CONFIG_FILE
-    from maskspine.config import ConfigError, load_config
+    from maskspine.config import ConfigError, load_config, read_yaml_mapping
 
-    if config is None:
-        if resume is None:
+    if resume is None:
+        if config is None:
             raise ConfigError("give a CONFIG file (e.g. configs/shapes_demo.yaml), or --resume RUN")
-        config = resume / CONFIG_FILE
-    loaded = load_config(config, overrides)
+        loaded = load_config(config, overrides)
+    else:
+        saved = resume / CONFIG_FILE
+        if not resume.is_dir():
+            raise FileNotFoundError(
+                f"run directory not found: {resume} (--resume takes a run directory written "
+                "by maskspine train, such as runs/<date>_MaskRCNN_<brief>_<size>)"
+            )
+        if not saved.is_file():
+            raise ConfigError(
+                f"{resume} is not a run directory: it has no {CONFIG_FILE} (--resume takes a "
+                "folder written by maskspine train)"
+            )
+        # CONFIG, when given, replaces only the keys it sets in the run's saved config.
+        loaded = (
+            load_config(saved, overrides)
+            if config is None
+            else load_config(config, overrides, base=read_yaml_mapping(saved))
+        )
     from maskspine.training.trainer import train
 
     result = train(

@@ -1,12 +1,28 @@
-"""maskspine: SpineNet Mask R-CNN instance segmentation in Keras 3 / TensorFlow."""
+"""maskspine: SpineNet Mask R-CNN instance segmentation in Keras 3 / TensorFlow.
+
+import maskspine
+
+seg = maskspine.load("runs/<run>")           # maskspine.segmenter.load
+results = seg.predict("photos/")             # per image: class names, scores, boxes, masks
+model = maskspine.build_model(config)        # a fresh MaskRCNN (maskspine.modeling)
+"""
 
 __version__ = "0.1.0"
 
+#: Public names and the modules that hold them; imported on first use, so that
+#: `import maskspine` (and every `--help`) does not wait for TensorFlow.
+_LAZY = {
+    "build_model": ("maskspine.modeling.mask_rcnn", "build_mask_rcnn"),
+    "load": ("maskspine.segmenter", "load"),
+    "Segmenter": ("maskspine.segmenter", "Segmenter"),
+    "ImagePrediction": ("maskspine.segmenter", "ImagePrediction"),
+}
+
 
 def __getattr__(name: str):
-    # `maskspine.build_model` without importing TensorFlow at `import maskspine` time.
-    if name == "build_model":
-        from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    if name in _LAZY:
+        import importlib
 
-        return build_mask_rcnn
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'maskspine' has no attribute {name!r}")

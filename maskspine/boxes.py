@@ -45,3 +45,43 @@ def xywh_to_yxyx(boxes) -> np.ndarray:
     boxes = _as_float_array(boxes)
     x, y, w, h = (boxes[..., i] for i in range(4))
     return np.stack([y, x, y + h, x + w], axis=-1)
+
+
+#: Box formats of the public API (`maskspine.load(...).predict`, `visualize.draw_instances`):
+#: yxyx (the model's), xyxy (x1, y1, x2, y2: torchvision, Detectron2) and COCO's xywh.
+BOX_FORMATS = ("yxyx", "xyxy", "xywh")
+
+
+def _check_format(box_format: str) -> None:
+    if box_format not in BOX_FORMATS:
+        raise ValueError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
+
+
+def yxyx_to(boxes, box_format: str) -> np.ndarray:
+    """(y1, x1, y2, x2) -> `box_format` (one of `BOX_FORMATS`).
+
+    Args:
+        boxes: [..., 4] array-like.
+    Returns:
+        [..., 4] numpy array.
+    """
+    _check_format(box_format)
+    boxes = _as_float_array(boxes)
+    if box_format == "xywh":
+        return yxyx_to_xywh(boxes)
+    return boxes[..., [1, 0, 3, 2]] if box_format == "xyxy" else boxes
+
+
+def to_yxyx(boxes, box_format: str) -> np.ndarray:
+    """`box_format` (one of `BOX_FORMATS`) -> (y1, x1, y2, x2).
+
+    Args:
+        boxes: [..., 4] array-like.
+    Returns:
+        [..., 4] numpy array.
+    """
+    _check_format(box_format)
+    boxes = _as_float_array(boxes)
+    if box_format == "xywh":
+        return xywh_to_yxyx(boxes)
+    return boxes[..., [1, 0, 3, 2]] if box_format == "xyxy" else boxes

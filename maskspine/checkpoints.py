@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from maskspine.config import Config, ConfigError, load_config
+from maskspine.config import Config, ConfigError, load_config, read_yaml_mapping
 from maskspine.errors import CheckpointError, DamagedCheckpointError
 from maskspine.files import read_json
 
@@ -135,29 +135,37 @@ def config_for_checkpoint(
 ) -> Config:
     """The config to rebuild the model of `checkpoint`.
 
-    The config saved with the checkpoint gives the classes and category ids; a CONFIG file
-    given by the user overrides model and test settings, and `overrides` come last.
+    The config saved with the checkpoint (its run's `config.yaml`) is the base: a CONFIG file
+    given by the user replaces only the keys it sets (a file that sets only `test_cfg`
+    changes only that), and `overrides` come last. A CONFIG whose `coco_classes` is
+    `from_data` keeps the trained classes and category ids. Without a saved config, CONFIG
+    is the whole config.
+
+    Raises:
+        ConfigError: no config at all, or one that cannot be used (naming the file or key).
     """
     saved = run_config_path(checkpoint)
-    if config_path is None:
-        if saved is None:
+    if saved is None:
+        if config_path is None:
             raise ConfigError(
                 f"no {CONFIG_FILE} beside {checkpoint} or in its run directory: give the "
                 "config the model was trained with"
             )
+        config = load_config(config_path, overrides)
+        if config.classes_from_data:
+            raise ConfigError(
+                f"{config_path}: coco_classes is 'from_data' and no trained config was found "
+                f"beside {checkpoint}; list the classes the model was trained with"
+            )
+        return config
+    if config_path is None:
         return load_config(saved, overrides)
-    config = load_config(config_path, overrides)
-    if saved is not None and (config.classes_from_data or not config.category_ids):
-        trained = load_config(saved)
-        if config.classes_from_data or config.coco_classes == trained.coco_classes:
-            config.coco_classes = list(trained.coco_classes)
-            config.num_classes = trained.num_classes
-            config.category_ids = list(trained.category_ids)
+    config = load_config(config_path, overrides, base=read_yaml_mapping(saved))
     if config.classes_from_data:
-        raise ConfigError(
-            f"{config_path}: coco_classes is 'from_data' and no trained config was found "
-            f"beside {checkpoint}; list the classes the model was trained with"
-        )
+        trained = load_config(saved)
+        config.coco_classes = list(trained.coco_classes)
+        config.num_classes = trained.num_classes
+        config.category_ids = list(trained.category_ids)
     return config
 
 
@@ -173,14 +181,14 @@ def load_model(
 
     Raises:
         CheckpointError: missing checkpoint, or one whose weights do not fit (names the
-            layers that disagree and the file).
+            layers that disagree, the config keys that set them, and the file).
     """
     from maskspine.modeling.mask_rcnn import build_mask_rcnn
 
     path = resolve_checkpoint(checkpoint)
     config = config_for_checkpoint(path, config_path, overrides)
     model = build_mask_rcnn(config)
-    load_weights_checked(model, path, source_config=_saved_config_or_none(path))
+    load_weights_checked(model, path, source_config=_saved_config_or_none(path), config=config)
     return model, config, path
 
 
@@ -189,14 +197,63 @@ def _saved_config_or_none(checkpoint: Path) -> Config | None:
     return load_config(saved) if saved is not None else None
 
 
+#: The config keys that shape each part's weights (first component of a weight's path).
+_PART_KEYS = {
+    "rpn_head": "rpn.*",
+    "box_head": "bbox_head.*, num_classes",
+    "mask_head": "mask_head.*, num_classes",
+}
+_BACKBONE_KEYS = "backbone.* (arch, filter_size_scale, endpoints_num_filters, block_repeats)"
+
+
+def _part_keys(weight_path: str) -> str:
+    return _PART_KEYS.get(weight_path.split("/")[0], _BACKBONE_KEYS)
+
+
+def _layer_of(weight_path: str) -> str:
+    """The layer a weight belongs to (`box_head/box_head_fc1/kernel` -> `box_head_fc1`)."""
+    parts = weight_path.split("/")
+    return parts[-2] if len(parts) > 1 else parts[0]
+
+
+def _model_differences(source: Config, config: Config) -> list[str]:
+    """`key (checkpoint's run: A, now: B)` for every key of the model sections that differs."""
+    from maskspine.config import config_differences, is_frozen_on_resume
+
+    model_keys = ("backbone", "rpn", "bbox_head", "mask_head", "roi", "mask_roi", "num_classes")
+    return [
+        f"{key} (checkpoint's run: {old!r}, now: {new!r})"
+        for key, old, new in config_differences(source, config)
+        if key.split(".")[0] in model_keys and is_frozen_on_resume(key)
+    ]
+
+
+def _unloaded_layers(error: Exception, model: keras.Model) -> list[str]:
+    """The layers Keras names in a load error, in the model's order."""
+    named = set(re.findall(r"name=([^,>\s]+)", str(error)))
+    named |= set(re.findall(r"Layer '([^']+)'", str(error)))
+    ordered = []
+    for weight in model.weights:
+        layer = _layer_of(weight.path)
+        if layer in named and layer not in ordered:
+            ordered.append(layer)
+    return ordered
+
+
 def load_weights_checked(
-    model: keras.Model, checkpoint: Path, *, source_config: Config | None = None
+    model: keras.Model,
+    checkpoint: Path,
+    *,
+    source_config: Config | None = None,
+    config: Config | None = None,
 ) -> None:
-    """Loads `checkpoint` into `model`; on a mismatch, says which weights disagree.
+    """Loads `checkpoint` into `model`; on a mismatch, one line says what disagrees.
 
     Optimizer variables in the file are ignored unless the model has a built optimizer.
     Keras' own warnings about the layers it skips (hundreds for another architecture) are
-    not shown: the error names the weights that disagree instead.
+    not shown: the error names the first layer whose shape differs, how many do, and the
+    config keys that set them (the model keys in which `config` differs from
+    `source_config`, the checkpoint's run's config, when both are known).
 
     Raises:
         DamagedCheckpointError: the file cannot be read (cut short, not a weights file).
@@ -214,29 +271,63 @@ def load_weights_checked(
             f"({CHECKPOINT_DIR}/ or {BEST_DIR}/) or train again"
         ) from None
     except (ValueError, KeyError) as error:
-        detail = str(error).splitlines()[0][:300]
-    mismatches: list[str] = []
-    if source_config is not None:
-        from maskspine.modeling.mask_rcnn import build_mask_rcnn
-
-        try:
-            source = build_mask_rcnn(source_config)
-            target_shapes = {w.path: tuple(w.shape) for w in model.weights}
-            for weight in source.weights:
-                shape = target_shapes.get(weight.path)
-                if shape != tuple(weight.shape):
-                    mismatches.append(
-                        f"{weight.path}: checkpoint {tuple(weight.shape)}, model {shape}"
-                    )
-        except ConfigError:
-            pass
-    listed = "\n  ".join(mismatches[:20]) + (
-        f"\n  ... and {len(mismatches) - 20} more" if len(mismatches) > 20 else ""
+        keras_error = error
+    shapes = _checkpoint_shapes(checkpoint, source_config)
+    target = [(w.path, tuple(w.shape)) for w in model.weights]
+    if shapes is not None:
+        differing = [
+            (path, shapes.get(path), shape) for path, shape in target if shapes.get(path) != shape
+        ]
+        layers = list(dict.fromkeys(_layer_of(path) for path, _, _ in differing))
+        first_path, theirs, ours = differing[0] if differing else (None, None, None)
+    else:
+        layers = _unloaded_layers(keras_error, model)
+        first_path = theirs = ours = None
+    if not layers:
+        detail = " ".join(str(keras_error).split())[:200]
+        raise CheckpointError(
+            f"{checkpoint} does not fit the model built from the config ({detail})"
+        )
+    first = layers[0]
+    shape_text = (
+        f" ({first_path.split('/')[-1]}: checkpoint {theirs or 'missing'}, model {ours})"
+        if first_path is not None
+        else ""
+    )
+    changed = (
+        _model_differences(source_config, config)
+        if source_config is not None and config is not None
+        else []
+    )
+    first_weight = next(w.path for w in model.weights if _layer_of(w.path) == first)
+    keys = (
+        "the config keys that differ from the checkpoint's run: "
+        + ", ".join(changed[:4])
+        + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        if changed
+        else f"set by {_part_keys(first_weight)}: use the config the checkpoint was trained with"
     )
     raise CheckpointError(
-        f"{checkpoint} does not fit the model built from the config ({detail})"
-        + (f"; weights that disagree:\n  {listed}" if mismatches else "")
+        f"{checkpoint} does not fit the model built from the config: {len(layers)} "
+        f"layer(s) differ, the first {first}{shape_text}; {keys}"
     )
+
+
+def _checkpoint_shapes(checkpoint: Path, source_config: Config | None) -> dict[str, tuple] | None:
+    """{weight path: shape} of a checkpoint, read by building the model of the config saved
+    with it; None when there is no such config or the checkpoint does not fit it either."""
+    if source_config is None:
+        return None
+    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+
+    try:
+        source = build_mask_rcnn(source_config)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source.load_weights(checkpoint)
+    except (ConfigError, ValueError, KeyError, OSError):
+        return None
+    return {w.path: tuple(w.shape) for w in source.weights}
 
 
 @dataclass

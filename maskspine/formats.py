@@ -184,12 +184,19 @@ class InferenceJsonWriter:
         with InferenceJsonWriter("video.json") as writer:
             for key, entry in ...:
                 writer.add(key, entry)
+
+    With `atomic=False` the entries go straight to `path` (a temporary name already, such as
+    one of `maskspine.files.StagedOutputs`, whose owner renames it).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, atomic: bool = True):
         self.path = Path(path)
         self.count = 0
-        self._context = atomic_text_file(self.path)
+        self._context: Any = (
+            atomic_text_file(self.path)
+            if atomic
+            else open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        )
         self._file: TextIO | None = self._context.__enter__()
         self._file.write("{")
 

@@ -200,6 +200,70 @@ def encode_rle(masks: np.ndarray) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- instances
 
 
+def _kept_detections(
+    outputs: Mapping[str, Any], image_info: np.ndarray, score_threshold: float
+) -> dict[str, Any]:
+    """The valid detections of one image scoring at least `score_threshold`, by score
+    (highest first): `boxes` [N, 4] yxyx original pixels, `scores` [N], `labels` [N]
+    (contiguous 1-based), `masks` [N, M, M] box-relative probabilities, `size` (h, w)."""
+    missing = [
+        key
+        for key in ("detection_boxes", "detection_scores", "detection_classes", "detection_masks")
+        if key not in outputs
+    ]
+    if missing:
+        raise KeyError(f"model outputs lack {missing}; got keys {sorted(outputs)}")
+    boxes = np.asarray(outputs["detection_boxes"], dtype=np.float32)
+    scores = np.asarray(outputs["detection_scores"], dtype=np.float32)
+    classes = np.asarray(outputs["detection_classes"]).astype(np.int64)
+    masks = np.asarray(outputs["detection_masks"], dtype=np.float32)
+    if boxes.ndim != 2:
+        raise ValueError(f"detection_boxes must be [D, 4] for one image, got {boxes.shape}")
+    count = len(boxes)
+    if "num_detections" in outputs:
+        count = min(count, int(np.asarray(outputs["num_detections"]).reshape(())))
+    keep = np.zeros(len(boxes), dtype=bool)
+    keep[:count] = True
+    keep &= (classes > 0) & (scores >= score_threshold)
+    indices = np.flatnonzero(keep)
+    indices = indices[np.argsort(-scores[indices], kind="stable")]
+    info = np.asarray(image_info, dtype=np.float32)
+    height, width = (int(round(float(v))) for v in info[0])
+    return {
+        "boxes": boxes_to_original(boxes[indices], info).reshape(-1, 4),
+        "scores": scores[indices],
+        "labels": classes[indices],
+        "masks": masks[indices],
+        "size": (height, width),
+    }
+
+
+def detections_to_arrays(
+    outputs: Mapping[str, Any],
+    image_info: np.ndarray,
+    *,
+    score_threshold: float = 0.0,
+    mask_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """One image's model outputs -> arrays in original pixels with full-size masks.
+
+    Args: as `detections_to_instances`.
+
+    Returns:
+        `boxes` [N, 4] float32 yxyx original pixels (clipped to the image), `scores` [N]
+        float32, `labels` [N] int64 (contiguous 1-based), `masks` [N, height, width] bool
+        at the original size; sorted by score (highest first).
+    """
+    kept = _kept_detections(outputs, image_info, score_threshold)
+    masks = paste_masks(kept["masks"], kept["boxes"], kept["size"], mask_threshold)
+    return {
+        "boxes": kept["boxes"],
+        "scores": kept["scores"],
+        "labels": kept["labels"],
+        "masks": np.ascontiguousarray(masks, dtype=bool),
+    }
+
+
 def detections_to_instances(
     outputs: Mapping[str, Any],
     image_info: np.ndarray,
@@ -222,47 +286,22 @@ def detections_to_instances(
         original pixels, clipped to the image), `score` (float), `label` (int, contiguous
         1-based) and `rle` (`{"size": [h, w], "counts": str}` at the original size).
     """
-    missing = [
-        key
-        for key in ("detection_boxes", "detection_scores", "detection_classes", "detection_masks")
-        if key not in outputs
-    ]
-    if missing:
-        raise KeyError(f"model outputs lack {missing}; got keys {sorted(outputs)}")
-    boxes = np.asarray(outputs["detection_boxes"], dtype=np.float32)
-    scores = np.asarray(outputs["detection_scores"], dtype=np.float32)
-    classes = np.asarray(outputs["detection_classes"]).astype(np.int64)
-    masks = np.asarray(outputs["detection_masks"], dtype=np.float32)
-    if boxes.ndim != 2:
-        raise ValueError(f"detection_boxes must be [D, 4] for one image, got {boxes.shape}")
-    count = len(boxes)
-    if "num_detections" in outputs:
-        count = min(count, int(np.asarray(outputs["num_detections"]).reshape(())))
-    keep = np.zeros(len(boxes), dtype=bool)
-    keep[:count] = True
-    keep &= (classes > 0) & (scores >= score_threshold)
-    indices = np.flatnonzero(keep)
-    indices = indices[np.argsort(-scores[indices], kind="stable")]
-    if len(indices) == 0:
-        return []
-
-    info = np.asarray(image_info, dtype=np.float32)
-    original_boxes = boxes_to_original(boxes[indices], info)
-    height, width = (int(round(float(v))) for v in info[0])
+    kept = _kept_detections(outputs, image_info, score_threshold)
+    height, width = kept["size"]
     chunk = max(1, _MAX_PASTE_BYTES // max(height * width, 1))
     rles: list[dict[str, Any]] = []
-    for start in range(0, len(indices), chunk):
+    for start in range(0, len(kept["boxes"]), chunk):
         part = slice(start, start + chunk)
         pasted = paste_masks(
-            masks[indices[part]], original_boxes[part], (height, width), mask_threshold
+            kept["masks"][part], kept["boxes"][part], (height, width), mask_threshold
         )
         rles.extend(encode_rle(pasted))
     return [
         {
-            "box_yxyx": [float(v) for v in original_boxes[position]],
-            "score": float(scores[index]),
-            "label": int(classes[index]),
-            "rle": rles[position],
+            "box_yxyx": [float(v) for v in box],
+            "score": float(score),
+            "label": int(label),
+            "rle": rle,
         }
-        for position, index in enumerate(indices)
+        for box, score, label, rle in zip(kept["boxes"], kept["scores"], kept["labels"], rles)
     ]

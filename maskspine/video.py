@@ -1,12 +1,12 @@
-"""Video files and cameras: frames in, predictions and drawn frames out (PyAV, the `video` extra).
+"""Video files and cameras: frames in, frames out (PyAV, the `video` extra).
 
     with open_source("clip.mp4") as source:            # or "camera:0"
         source.info                                    # VideoInfo: size, frame rate, frame count
         for frame in source:                           # Frame(index, time_s, pixels)
             ...                                        # pixels: uint8 [height, width, 3] RGB
         source.damage                                  # None, or what cut the video short
-
-    summary = infer_video(model, config, source, "preds.json", video_output="drawn.mp4")
+    with VideoWriter("drawn.mp4", source.info.frame_rate, (height, width)) as writer:
+        writer.write(pixels)
 
 Frames are decoded by FFmpeg's libraries inside PyAV (`pip install "maskspine[video]"`), so
 any container and codec FFmpeg reads works: MP4 / MOV (H.264, H.265, MPEG-4), WebM / MKV
@@ -14,54 +14,36 @@ any container and codec FFmpeg reads works: MP4 / MOV (H.264, H.265, MPEG-4), We
 size; `index` counts the decoded frames from 0 and `time_s` is the frame's presentation time
 in seconds from the start of the stream (from its timestamp; `index / frame rate` when the
 container gives none). Frames are taken as stored: a rotation tag (phone videos) is not
-applied, as the EXIF orientation of images is not (`maskspine.data.images`). A camera (`camera:N`: `/dev/videoN` through V4L2 on Linux, AVFoundation
-device N on macOS) gives the same frames, its times counted from the first frame.
-
-`infer_video` streams the frames through the one model runner (`maskspine.predict`,
-`predict_frames`: batches of `test_batch_size` frames), writes the inference JSON entry by
-entry (`maskspine.formats.InferenceJsonWriter`, one entry per frame run, keyed
-`"<video>#<frame>"`) and, optionally, the frames drawn as `maskspine draw` draws
-(`maskspine.visualize.render_inference_entry`) into a video of the source's size and frame
-rate (`VideoWriter`) and into a window. Memory stays flat: at most a few batches of frames
-are held at any time, whatever the video's length.
+applied, as the EXIF orientation of images is not (`maskspine.data.images`). A camera
+(`camera:N`: `/dev/videoN` through V4L2 on Linux, AVFoundation device N on macOS) gives the
+same frames, its times counted from the first frame.
 
 A damaged file is read up to the damage: the frames before it are kept and `damage` names it
 (an FFmpeg decoding error; fewer frames, or an earlier end, than the header announces; a GIF
 without its end marker). An MP4 / MOV cut before its index (the `moov` box, which most
-writers put at the end) cannot be read at all; the error says so. Nothing here imports
-TensorFlow (the model runs in `maskspine.predict`).
+writers put at the end) cannot be read at all; the error says so.
+
+This module is input and output only: running the model over frames is
+`maskspine.predict.predict_frames`, drawing them `maskspine.visualize`, and the `infer`
+command's video runs `maskspine.inference`. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import math
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from maskspine.data.images import IMAGE_SUFFIXES
 from maskspine.errors import DataError, InferenceError
 from maskspine.files import check_writable
-
-if TYPE_CHECKING:
-    from maskspine.config import Config
-
-#: The `--input` of a camera: `camera:<device index>`.
-CAMERA_PREFIX = "camera:"
-
-#: What to install when PyAV is missing.
-VIDEO_EXTRA = 'pip install "maskspine[video]" (in a checkout: pip install -e ".[video]")'
+from maskspine.inputs import CAMERA_PREFIX, VIDEO_EXTRA, is_camera
 
 #: Codec of a written video by the file name's ending (all inside PyAV's wheels).
 WRITER_CODECS = {
@@ -122,7 +104,7 @@ class VideoInfo:
 
 
 class FrameSource(Protocol):
-    """What `infer_video` reads: a video file, a camera, or any iterable of `Frame`s with an
+    """What `maskspine.inference` reads: a video file, a camera, or any iterable of `Frame`s with an
     `info` (tests inject fake cameras this way). `damage` is read after iterating."""
 
     info: VideoInfo
@@ -386,18 +368,6 @@ class Camera(_AvSource):
         return f"the camera stopped after {self.frames_decoded} frames: {_strerror(error)}"
 
 
-def is_camera(spec: str | os.PathLike) -> bool:
-    """True for a `camera:N` input."""
-    return str(spec).startswith(CAMERA_PREFIX)
-
-
-def is_video_file(path: str | os.PathLike) -> bool:
-    """True for an existing file that is not a JPEG / PNG image (those are read as images);
-    whether it really is a video is found out when it is opened."""
-    path = Path(path).expanduser()
-    return path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES
-
-
 def open_camera(index: int) -> FrameSource:
     """`Camera(index)`; the command line opens cameras through this (tests replace it)."""
     return Camera(index)
@@ -505,262 +475,3 @@ class VideoWriter(_ClosedOnExit):
                 self._container.close()
                 self._container = None
         return self.path
-
-
-# --------------------------------------------------------------------------- showing
-
-
-def display_available() -> bool:
-    """Whether a window can be shown: a desktop session on macOS / Windows, an X11 or
-    Wayland display on Linux."""
-    if sys.platform in ("darwin", "win32"):
-        return True
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-def _interactive_backend() -> bool:
-    import matplotlib
-    from matplotlib.backends import BackendFilter, backend_registry
-
-    interactive = backend_registry.list_builtin(BackendFilter.INTERACTIVE)
-    return matplotlib.get_backend().lower() in interactive
-
-
-class FrameWindow:
-    """A matplotlib window showing drawn frames as they come; closing it stops the run.
-
-    Raises (on the first frame):
-        InferenceError: matplotlib has no interactive backend here (no display).
-    """
-
-    def __init__(self, title: str = "maskspine"):
-        self.title = title
-        self._figure: Any = None
-        self._image: Any = None
-
-    @staticmethod
-    def check_available() -> None:
-        """Raises `InferenceError` when no window can be shown (no display, or matplotlib has
-        no interactive backend)."""
-        import matplotlib
-
-        if not display_available() or not _interactive_backend():
-            raise InferenceError(
-                "cannot show frames: no display, or matplotlib has no interactive backend here "
-                f"({matplotlib.get_backend()}); use --video-output, or --no-show"
-            )
-
-    def show(self, pixels: np.ndarray) -> bool:
-        """Shows uint8 [h, w, 3]; False once the user has closed the window."""
-        import matplotlib.pyplot as plt
-
-        if self._figure is None:
-            self.check_available()
-            height, width = pixels.shape[:2]
-            self._figure = plt.figure(self.title, figsize=(width / 100, height / 100), dpi=100)
-            axes = self._figure.add_axes((0, 0, 1, 1))
-            axes.set_axis_off()
-            self._image = axes.imshow(pixels)
-            plt.show(block=False)
-        elif not plt.fignum_exists(self._figure.number):
-            return False
-        else:
-            self._image.set_data(pixels)
-        plt.pause(0.001)
-        return True
-
-    def close(self) -> None:
-        if self._figure is not None:
-            import matplotlib.pyplot as plt
-
-            plt.close(self._figure)
-            self._figure = None
-
-
-# --------------------------------------------------------------------------- stopping
-
-
-@contextlib.contextmanager
-def stop_on_interrupt(message: Callable[[str], None] | None = None) -> Iterator[threading.Event]:
-    """An event set by the first Ctrl-C (SIGINT) inside the block, so that a run can stop
-    after the frames in flight and write everything so far; a second Ctrl-C interrupts at
-    once (KeyboardInterrupt). Outside the main thread (where Python cannot take signals)
-    the event is only set by hand."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def handle(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        if message is not None:
-            message("stopping after the frames in flight (Ctrl-C again to abort)")
-
-    previous = signal.signal(signal.SIGINT, handle)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _until(frames: Iterable[Frame], stop: threading.Event | None) -> Iterator[Frame]:
-    for frame in frames:
-        yield frame
-        if stop is not None and stop.is_set():
-            return
-
-
-# --------------------------------------------------------------------------- inference
-
-
-@dataclass
-class VideoSummary:
-    """What `infer_video` did.
-
-    Attributes:
-        frames_read: frames taken from the source.
-        frames_predicted: frames run through the model (one JSON entry each).
-        predictions: instances written to the JSON.
-        frames_written: frames written to the drawn video (0 without one).
-        damage: what cut the source short (frames before it were used), or None.
-        stopped: stopped early by Ctrl-C or by closing the window.
-        output: the JSON written; video_output: the drawn video, or None.
-    """
-
-    frames_read: int
-    frames_predicted: int
-    predictions: int
-    frames_written: int
-    damage: str | None
-    stopped: bool
-    output: Path
-    video_output: Path | None
-
-
-def expected_frames(info: VideoInfo, frame_stride: int, max_frames: int | None) -> int | None:
-    """Frames the model will run on (for the progress bar): every `frame_stride`-th of the
-    announced frames (or of duration x rate), at most `max_frames`; None when unknown."""
-    total = info.frame_count
-    if total is None and info.duration_s is not None:
-        total = int(round(info.duration_s * float(info.frame_rate)))
-    count = None if total is None else math.ceil(total / frame_stride)
-    if max_frames is not None:
-        count = max_frames if count is None else min(count, max_frames)
-    return count
-
-
-def infer_video(
-    model: Callable,
-    config: Config,
-    source: FrameSource,
-    output: str | os.PathLike,
-    *,
-    video_output: str | os.PathLike | None = None,
-    frame_stride: int = 1,
-    max_frames: int | None = None,
-    batch_size: int | None = None,
-    score_threshold: float = 0.0,
-    mask_threshold: float | None = None,
-    draw_threshold: float = 0.5,
-    progress: bool = False,
-    window: FrameWindow | None = None,
-    stop: threading.Event | None = None,
-) -> VideoSummary:
-    """Runs the model over a video's frames: the inference JSON, and optionally the drawn video.
-
-    Every `frame_stride`-th frame (0, N, 2N, ...) goes through `predict.predict_frames` (the
-    batched runner of images, `batch_size` frames per call, default `test_batch_size`); its
-    entry is written to `output` as it comes (`InferenceJsonWriter`, keyed
-    `formats.frame_key(source.info.name, index)`). The drawn video gets every frame of the
-    source, at its size and frame rate, each drawn with the predictions of the latest frame
-    run (itself, or the one up to `frame_stride - 1` frames before it), predictions scoring
-    below `draw_threshold` left out, as `maskspine draw` draws them.
-
-    Args:
-        model, config: the model and its config (see `predict.predict_images`).
-        source: `open_source(...)`, or any `FrameSource`.
-        output: the JSON file (written when the run ends, also when stopped or cut short).
-        video_output: the drawn video (ending .mp4, .mov, .mkv, .webm, .avi or .gif).
-        frame_stride: run the model on every N-th frame.
-        max_frames: stop after this many frames have been run.
-        batch_size: frames per model call (default `config.test_batch_size`).
-        score_threshold: predictions below this are left out of the JSON.
-        mask_threshold: mask probability threshold (default `test_cfg.rcnn.mask_thr_binary`).
-        draw_threshold: predictions below this are not drawn.
-        progress: show a progress bar (frames, frames/s, time left when the length is known).
-        window: show the drawn frames there (closing it stops the run).
-        stop: an event that stops the run after the frames in flight (`stop_on_interrupt`).
-
-    Returns:
-        A `VideoSummary`.
-
-    Raises:
-        DataError: an output that cannot be written (checked before the model runs).
-        InferenceError: see `predict.predict_frames`.
-    """
-    from maskspine.formats import InferenceJsonWriter
-    from maskspine.predict import predict_frames
-    from maskspine.visualize import render_inference_entry
-
-    if frame_stride < 1:
-        raise InferenceError(f"the frame stride must be at least 1, got {frame_stride}")
-    if max_frames is not None and max_frames < 1:
-        raise InferenceError(f"--max-frames must be at least 1, got {max_frames}")
-    info = source.info
-    check_writable(output, "predictions")
-    writer = (
-        VideoWriter(video_output, info.frame_rate, (info.height, info.width))
-        if video_output is not None
-        else None
-    )
-    stop = stop if stop is not None else threading.Event()
-    frames: Iterable[Frame] = source
-    if max_frames is not None:
-        frames = itertools.islice(frames, (max_frames - 1) * frame_stride + 1)
-    frames = _until(frames, stop)
-    read = predicted = count = 0
-    try:
-        with InferenceJsonWriter(output) as json_writer:
-            for result in predict_frames(
-                model,
-                config,
-                frames,
-                name=info.name,
-                stride=frame_stride,
-                batch_size=batch_size,
-                score_threshold=score_threshold,
-                mask_threshold=mask_threshold,
-                progress=progress,
-                num_frames=expected_frames(info, frame_stride, max_frames),
-            ):
-                read += 1
-                if result.predicted:
-                    json_writer.add(result.key, result.entry)
-                    predicted += 1
-                    count += len(result.entry["predictions"])
-                if writer is None and window is None:
-                    continue
-                drawn = render_inference_entry(
-                    result.frame.pixels, result.entry, score_threshold=draw_threshold
-                )
-                if writer is not None:
-                    writer.write(drawn)
-                if window is not None and not window.show(drawn):
-                    stop.set()
-    finally:
-        if writer is not None:
-            writer.close()
-        if window is not None:
-            window.close()
-    return VideoSummary(
-        frames_read=read,
-        frames_predicted=predicted,
-        predictions=count,
-        frames_written=writer.count if writer is not None else 0,
-        damage=getattr(source, "damage", None),
-        stopped=stop.is_set(),
-        output=Path(output),
-        video_output=writer.path if writer is not None else None,
-    )

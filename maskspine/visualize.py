@@ -5,17 +5,24 @@
     ax = draw_inference_entry(read_image(path), entries[path], score_threshold=0.5)
     written, failures = draw_predictions(load_inference_json("preds.json"), "drawings/")
     pixels = render_inference_entry(frame, entry, score_threshold=0.5)   # a video's frame
+    window = FrameWindow("maskspine"); window.show(pixels)               # live frames
 
 Masks are translucent, one colour per class, with an opaque outline; boxes have a dark
 halo and labels sit on a patch of the class colour with black or white text, whichever
 reads better, so drawings stay legible on dark and on light images. Figures are made
-without pyplot (no global state, nothing to close) unless an `ax` is given.
+without pyplot (no global state, nothing to close) unless an `ax` is given (the window is
+the one user of pyplot). Files are written through `maskspine.files.StagedOutputs`: a
+folder of drawings is never left half-replaced, and never holds the images drawn.
+
+Imports: `formats`, `boxes`, `data.images`, `files` and `video` (frames of a video named in
+a predictions file); never `maskspine.predict`. No TensorFlow.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,10 +34,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from maskspine.boxes import xywh_to_yxyx
+from maskspine.boxes import to_yxyx
 from maskspine.data.images import read_image
 from maskspine.errors import DataError, InferenceError
+from maskspine.files import StagedOutputs, check_outputs
 from maskspine.formats import entry_instances, parse_frame_key
+from maskspine.video import VideoFile
 
 #: Distinct, saturated colours (RGB 0..1) that show on both dark and light backgrounds.
 PALETTE: tuple[tuple[float, float, float], ...] = tuple(
@@ -59,8 +68,6 @@ PALETTE: tuple[tuple[float, float, float], ...] = tuple(
     )
 )
 
-BOX_FORMATS = ("yxyx", "xyxy", "xywh")
-
 #: Drawings of small images are scaled up by an integer factor to at least this many pixels
 #: on the longer side, so that class names and scores stay legible.
 MIN_DRAWING_SIZE = 480
@@ -84,14 +91,7 @@ def _text_colour(colour: Sequence[float]) -> str:
 
 
 def _to_yxyx(boxes: np.ndarray, box_format: str) -> np.ndarray:
-    if box_format not in BOX_FORMATS:
-        raise ValueError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    if box_format == "yxyx":
-        return boxes
-    if box_format == "xyxy":  # the same corners, axes swapped
-        return boxes[:, [1, 0, 3, 2]]
-    return xywh_to_yxyx(boxes)
+    return to_yxyx(np.asarray(boxes, np.float64).reshape(-1, 4), box_format)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -401,11 +401,10 @@ def _draw_video_frames(
     folder: Path | None,
     score_threshold: float,
     used: set[str],
+    staged: StagedOutputs,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
     """The frames of one video named in an inference JSON (`{frame index: entry}`), drawn as
     `<video stem>_<index>.png`; reads the video once, up to the last frame wanted."""
-    from maskspine.video import VideoFile
-
     path = _image_for(video, folder)
     written: list[Path] = []
     last = max(frames)
@@ -416,7 +415,8 @@ def _draw_video_frames(
                 if entry is not None:
                     ax = draw_inference_entry(frame.pixels, entry, score_threshold=score_threshold)
                     name = _unused_name(f"{Path(video).stem}_{frame.index:06d}", used)
-                    written.append(save_drawing(ax, output / name, frame.pixels.shape[:2]))
+                    save_drawing(ax, staged.stage(output / name), frame.pixels.shape[:2])
+                    written.append(output / name)
                 if frame.index >= last:
                     break
     except FileNotFoundError:
@@ -440,12 +440,15 @@ def draw_predictions(
     """One PNG per image (or video frame) of an inference JSON, its predictions drawn over it.
 
     Keys of video frames (`"clip.mp4#000123"`, `maskspine.formats.frame_key`) are drawn from
-    the video (read once, with PyAV: the `video` extra) as `clip_000123.png`.
+    the video (read once, with PyAV: the `video` extra) as `clip_000123.png`. The PNGs are
+    written under temporary names and renamed into `output_dir` when all are drawn: an
+    error or an interruption leaves the folder as it was.
 
     Args:
         entries: `maskspine.formats.load_inference_json(...)`.
         output_dir: folder for `<image name>.png` (created; a name taken by an earlier image
-            of the same name from another folder gets `_2`, `_3`, ...).
+            of the same name from another folder gets `_2`, `_3`, ...). It may not hold any
+            of the images (or videos) drawn.
         score_threshold: predictions scoring below this are not drawn.
         images_dir: look for each image (video) here by file name first, then at its path in
             the JSON (for JSON written on another machine or before the images moved).
@@ -453,34 +456,119 @@ def draw_predictions(
     Returns:
         (the PNGs written, [(image or video path, reason)] of the images that could not be
         drawn: missing, unreadable, or not the size the predictions were made for).
+
+    Raises:
+        DataError: `output_dir` holds images of the JSON, or cannot be written.
     """
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    output = Path(output_dir).expanduser()
     folder = Path(images_dir).expanduser() if images_dir is not None else None
+    sources = {}
+    for key in entries:
+        frame = parse_frame_key(key)
+        path = _image_for(key, folder)
+        if frame is not None and not path.is_file():
+            path = _image_for(frame[0], folder)
+        if path.is_file():
+            sources[key] = path
+    check_outputs({}, sources.values(), folders={"--output": output})
     written: list[Path] = []
     failures: list[tuple[str, str]] = []
     used: set[str] = set()
     videos: dict[str, dict[int, Mapping[str, Any]]] = {}
-    for key, entry in entries.items():
-        path = _image_for(key, folder)
-        frame = parse_frame_key(key)
-        if frame is not None and not path.is_file():
-            videos.setdefault(frame[0], {})[frame[1]] = entry
-            continue
-        try:
-            image = read_image(path)
-            ax = draw_inference_entry(image, entry, score_threshold=score_threshold)
-        except FileNotFoundError:
-            where = f" (nor in {folder})" if folder is not None else " (use --images DIR)"
-            failures.append((key, f"image not found: {path}{where}"))
-            continue
-        except (DataError, InferenceError) as error:
-            failures.append((key, str(error)))
-            continue
-        name = _unused_name(Path(key).stem or "image", used)
-        written.append(save_drawing(ax, output / name, image.shape[:2]))
-    for video, frames in videos.items():
-        drawn, failed = _draw_video_frames(video, frames, output, folder, score_threshold, used)
-        written.extend(drawn)
-        failures.extend(failed)
+    with StagedOutputs() as staged:
+        for key, entry in entries.items():
+            path = _image_for(key, folder)
+            frame = parse_frame_key(key)
+            if frame is not None and not path.is_file():
+                videos.setdefault(frame[0], {})[frame[1]] = entry
+                continue
+            try:
+                image = read_image(path)
+                ax = draw_inference_entry(image, entry, score_threshold=score_threshold)
+            except FileNotFoundError:
+                where = f" (nor in {folder})" if folder is not None else " (use --images DIR)"
+                failures.append((key, f"image not found: {path}{where}"))
+                continue
+            except (DataError, InferenceError) as error:
+                failures.append((key, str(error)))
+                continue
+            name = _unused_name(Path(key).stem or "image", used)
+            save_drawing(ax, staged.stage(output / name), image.shape[:2])
+            written.append(output / name)
+        for video, frames in videos.items():
+            drawn, failed = _draw_video_frames(
+                video, frames, output, folder, score_threshold, used, staged
+            )
+            written.extend(drawn)
+            failures.extend(failed)
     return written, failures
+
+
+# --------------------------------------------------------------------------- a window
+
+
+def display_available() -> bool:
+    """Whether a window can be shown: a desktop session on macOS / Windows, an X11 or
+    Wayland display on Linux."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _interactive_backend() -> bool:
+    import matplotlib
+    from matplotlib.backends import BackendFilter, backend_registry
+
+    interactive = backend_registry.list_builtin(BackendFilter.INTERACTIVE)
+    return matplotlib.get_backend().lower() in interactive
+
+
+class FrameWindow:
+    """A matplotlib window showing drawn frames as they come; closing it stops the run.
+
+    Raises (on the first frame):
+        InferenceError: matplotlib has no interactive backend here (no display).
+    """
+
+    def __init__(self, title: str = "maskspine"):
+        self.title = title
+        self._figure: Any = None
+        self._image: Any = None
+
+    @staticmethod
+    def check_available() -> None:
+        """Raises `InferenceError` when no window can be shown (no display, or matplotlib has
+        no interactive backend)."""
+        import matplotlib
+
+        if not display_available() or not _interactive_backend():
+            raise InferenceError(
+                "cannot show frames: no display, or matplotlib has no interactive backend here "
+                f"({matplotlib.get_backend()}); use --draw or --video-output, or --no-show"
+            )
+
+    def show(self, pixels: np.ndarray) -> bool:
+        """Shows uint8 [h, w, 3]; False once the user has closed the window."""
+        import matplotlib.pyplot as plt
+
+        if self._figure is None:
+            self.check_available()
+            height, width = pixels.shape[:2]
+            self._figure = plt.figure(self.title, figsize=(width / 100, height / 100), dpi=100)
+            axes = self._figure.add_axes((0, 0, 1, 1))
+            axes.set_axis_off()
+            self._image = axes.imshow(pixels)
+            plt.show(block=False)
+        elif not plt.fignum_exists(self._figure.number):
+            return False
+        else:
+            self._image.set_data(pixels)
+        plt.pause(0.001)
+        return True
+
+    def close(self) -> None:
+        if self._figure is not None:
+            import matplotlib.pyplot as plt
+
+            plt.close(self._figure)
+            self._figure = None

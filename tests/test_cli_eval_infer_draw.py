@@ -193,20 +193,46 @@ def test_missing_checkpoint_is_one_line_naming_it(workspace, tmp_path):
         assert err.strip() == f"error: checkpoint not found: {tmp_path / 'nowhere'}"
 
 
-def test_mismatched_checkpoint_names_the_file_and_the_weights(workspace, tmp_path):
+def test_mismatched_checkpoint_names_the_first_layer_how_many_and_the_keys(workspace, tmp_path):
+    # Before: 22 lines ending in a cut Keras fragment.
+    args = ["--input", workspace / "val" / "data", "--output", tmp_path / "o.json"]
+    code, out, err = invoke(
+        "infer", "--checkpoint", workspace / "run", *args, "--set", "bbox_head.fc_out_channels=64"
+    )
+    assert code == 2 and "Loaded" not in out
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: ") and "ckpt-00000001.weights.h5" in line
+    # fc1, the class logits and the box deltas take the FC's width: three layers.
+    assert "3 layer(s) differ, the first box_head_fc1 (kernel: checkpoint (1568, 128)" in line
+    assert "bbox_head.fc_out_channels (checkpoint's run: 128, now: 64)" in line
+
+    # A run whose saved config was edited: the keys are not known, the part is.
     run = tmp_path / "run"
     shutil.copytree(workspace / "run", run)
     config = (run / "config.yaml").read_text()
     assert "fc_out_channels: 128" in config
     (run / "config.yaml").write_text(config.replace("fc_out_channels: 128", "fc_out_channels: 64"))
-    code, out, err = invoke(
-        "infer", "--checkpoint", run, "--input", workspace / "val" / "data",
-        "--output", tmp_path / "o.json",
-    )  # fmt: skip
+    code, out, err = invoke("infer", "--checkpoint", run, *args)
     assert code == 2
-    first = err.splitlines()[0]
-    assert first.startswith("error: ") and "ckpt-00000001.weights.h5" in first
+    (line,) = err.strip().splitlines()
+    assert "3 layer(s) differ, the first box_head_fc1" in line and "bbox_head.*" in line
     assert "Traceback" not in out + err
+
+
+def test_a_config_with_a_checkpoint_replaces_only_the_keys_it_sets(workspace, tmp_path):
+    # Before: a CONFIG setting only test_cfg fell back to the defaults for the model keys and
+    # the checkpoint did not fit.
+    partial = tmp_path / "test_only.yaml"
+    partial.write_text("test_cfg:\n  rcnn:\n    score_thr: 0.0\n    max_per_img: 2\n")
+    image = sorted((workspace / "val" / "data").glob("*.png"))[0]
+    output = tmp_path / "p.json"
+    code, out, err = invoke(
+        "infer", partial, "--checkpoint", workspace / "run", "--input", image, "--output", output
+    )
+    assert code == 0, out + err
+    (entry,) = json.loads(output.read_text()).values()
+    assert 0 < len(entry["predictions"]) <= 2  # the file's max_per_img, the run's model
+    assert {p["class"]["name"] for p in entry["predictions"]} <= set(CLASSES)
 
 
 def test_checkpoint_of_another_architecture_is_the_error_without_keras_noise(workspace, tmp_path):
@@ -348,3 +374,58 @@ def test_draw_rejects_an_eval_predictions_file(tmp_path):
     path.write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": 0.5}]))
     code, out, err = invoke("draw", "--predictions", path, "--output", tmp_path / "d")
     assert code == 2 and "maskspine infer" in err and "Traceback" not in out + err
+
+
+# --------------------------------------------------------------------------- nothing overwritten
+
+
+def test_outputs_that_are_inputs_are_refused_and_the_inputs_kept(workspace, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted((workspace / "val" / "data").glob("*.png"))[:2]:
+        shutil.copy(path, photos / path.name)
+    first = sorted(photos.iterdir())[0]
+    before = {path: path.read_bytes() for path in photos.iterdir()}
+    run = workspace / "run"
+    # Before: the image was replaced by JSON.
+    code, out, err = invoke("infer", "--checkpoint", run, "--input", first, "--output", first)
+    assert code == 2 and "--output would overwrite the input" in err and "Loaded" not in out
+    # Before: drawing into the images' folder replaced them with drawings.
+    code, out, err = invoke("infer", "--checkpoint", run, "--input", photos, "--draw", photos)
+    assert code == 2 and "--draw is the folder of the input" in err
+    output = tmp_path / "p.json"
+    code, out, err = invoke("infer", "--checkpoint", run, "--input", photos, "--output", output)
+    assert code == 0, out + err
+    code, out, err = invoke("draw", "--predictions", output, "--output", photos)
+    assert code == 2 and "--output is the folder of the input" in err
+    assert {path: path.read_bytes() for path in photos.iterdir()} == before
+
+
+def test_many_inputs_globs_folders_and_drawings_in_one_pass(workspace, tmp_path):
+    source = sorted((workspace / "val" / "data").glob("*.png"))
+    (tmp_path / "in" / "deep").mkdir(parents=True)
+    single = shutil.copy(source[0], tmp_path / "in" / "single.png")
+    Image.open(source[1]).save(tmp_path / "in" / "b.webp", lossless=True)
+    Image.open(source[2]).convert("RGB").save(tmp_path / "in" / "c.bmp")
+    shutil.copy(source[3], tmp_path / "in" / "deep" / "d.png")
+    output, drawn = tmp_path / "p.json", tmp_path / "drawn"
+    code, out, err = invoke(
+        "infer", "--checkpoint", workspace / "run", "--input", single,
+        "--input", tmp_path / "in" / "*.webp", "--input", tmp_path / "in" / "deep",
+        "--input", tmp_path / "in" / "*.bmp", "--output", output, "--draw", drawn,
+        "--draw-threshold", "0",
+    )  # fmt: skip
+    assert code == 0, out + err
+    keys = list(json.loads(output.read_text()))
+    assert keys == [str(single), str(tmp_path / "in" / "b.webp"),
+                    str(tmp_path / "in" / "deep" / "d.png"), str(tmp_path / "in" / "c.bmp")]  # fmt: skip
+    assert "#" not in "".join(keys)  # webp and bmp are images, not videos
+    assert sorted(p.name for p in drawn.iterdir()) == ["b.png", "c.png", "d.png", "single.png"]
+    assert "Drew 4 image(s)" in out
+    # The drawing is the picture `maskspine draw` makes of the same JSON.
+    code, out, err = invoke("draw", "--predictions", output, "--output", tmp_path / "again",
+                            "--score-threshold", "0")  # fmt: skip
+    assert code == 0, out + err
+    for picture in drawn.iterdir():
+        again = tmp_path / "again" / picture.name
+        assert np.array_equal(np.asarray(Image.open(picture)), np.asarray(Image.open(again)))

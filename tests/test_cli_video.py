@@ -73,7 +73,8 @@ def test_infer_a_video_writes_frames_json_and_the_drawn_video(workspace, tmp_pat
     )  # fmt: skip
     assert code == 0, out + err
     assert f"video {clip}: 128x96, 12 frames/s, 10 frames" in out
-    assert "frames/s:" in out  # the progress bar's rate
+    assert "frames/s" in out  # the progress line's rate
+    assert "\r" not in out and "\b" not in out and "\x1b" not in out  # plain: not a terminal
     entries = json.loads(output.read_text())
     assert list(entries) == [f"{clip}#{index:06d}" for index in (0, 3, 6, 9)]
     for entry in entries.values():
@@ -126,7 +127,10 @@ def test_bad_inputs_are_one_line_and_exit_2(workspace, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     cases = {
-        "not a video": (["--input", not_video, "--output", tmp_path / "a.json"], "not a video"),
+        "not a video": (
+            ["--input", not_video, "--output", tmp_path / "a.json"],
+            "notes.mov: not an image or a video",
+        ),
         "no camera": (["--input", "camera:9", "--output", tmp_path / "b.json"], "camera 9"),
         "json": (["--input", workspace / "clip.mp4", "--output", blocker / "c.json"], "cannot"),
         "video": (
@@ -147,11 +151,14 @@ def test_bad_inputs_are_one_line_and_exit_2(workspace, tmp_path):
         (line,) = err.strip().splitlines()
         assert line.startswith("error: ") and expected in line, (name, line)
         assert "Loaded" not in out  # found before the model is loaded
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (20, 20)).save(photos / "a.png")
     code, out, err = invoke(
-        "infer", "--checkpoint", run, "--input", tmp_path, "--output", tmp_path / "e.json",
+        "infer", "--checkpoint", run, "--input", photos, "--output", tmp_path / "e.json",
         "--frame-stride", "2",
     )  # fmt: skip
-    assert code == 2 and "--frame-stride" in err and "not images" in err
+    assert code == 2 and "--frame-stride" in err and "are images" in err
 
 
 def test_camera_with_max_frames_and_ctrl_c(workspace, tmp_path, monkeypatch):

@@ -10,52 +10,20 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
+from fake_models import FixedDetections
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from maskspine.data.images import find_images
 from maskspine.data.shapes import ShapesSpec, write_shapes_split
-from maskspine.predict import image_batches, predict_images, run_detections
+from maskspine.predict import pixel_batches, predict_images, read_images, run_detections
 
 SMALL_SHAPES = ShapesSpec(min_image_size=64, max_image_size=96, min_shape_size=16, max_shapes=3)
 
 
 def _pixels(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-class FakeModel:
-    """Returns the same detections for every image: boxes [D, 4] yxyx input pixels, scores,
-    classes (0 = padding), masks [D, M, M]. Counts its traces and the batch sizes it saw."""
-
-    def __init__(self, boxes, scores, classes, masks, num_detections=None):
-        self.boxes = np.asarray(boxes, np.float32)
-        self.scores = np.asarray(scores, np.float32)
-        self.classes = np.asarray(classes, np.int32)
-        self.masks = np.asarray(masks, np.float32)
-        self.num = len(self.boxes) if num_detections is None else num_detections
-        self.traces = 0
-        self.batch_sizes = []
-
-    def __call__(self, inputs, training=False):
-        self.traces += 1
-        images = inputs["images"]
-        self.batch_sizes.append(images.shape[0])
-        batch = tf.shape(images)[0]
-
-        def tiled(array):
-            tensor = tf.constant(array)
-            return tf.tile(tensor[None], [batch] + [1] * array.ndim)
-
-        return {
-            "detection_boxes": tiled(self.boxes),
-            "detection_scores": tiled(self.scores),
-            "detection_classes": tiled(self.classes),
-            "num_detections": tf.fill([batch], tf.constant(self.num, tf.int32)),
-            "detection_masks": tiled(self.masks),
-        }
 
 
 @pytest.fixture
@@ -90,7 +58,11 @@ def test_every_image_mode_gives_the_pixels_of_its_rgb_version(tmp_path, config):
     references.append(tmp_path / "reference_photo.png")
 
     failures: list = []
-    batches = list(image_batches(paths + references, config, len(paths) * 2, failures))
+    pixels = [
+        (np.int64(i), image)
+        for i, (_, image) in enumerate(read_images(paths + references, failures))
+    ]
+    batches = list(pixel_batches(lambda: iter(pixels), config, len(paths) * 2))
     assert not failures and len(batches) == 1
     images = batches[0]["images"].numpy()
     for index in range(len(paths)):
@@ -105,7 +77,7 @@ def test_masks_and_boxes_land_at_the_right_place_in_the_original_image(tmp_path,
     (y 20..60, x 10..50) with a constant mask is the original rectangle y 10..30, x 5..25."""
     Image.fromarray(_pixels(64, 32)).save(tmp_path / "tall.png")
     mask_size = 28
-    model = FakeModel(
+    model = FixedDetections(
         boxes=[[20, 10, 60, 50], [0, 0, 8, 8], [40, 40, 80, 60], [1, 1, 2, 2]],
         scores=[0.6, 0.9, 0.3, 0.99],
         classes=[3, 1, 2, 0],  # the last is padding (class 0)
@@ -137,7 +109,7 @@ def test_masks_and_boxes_land_at_the_right_place_in_the_original_image(tmp_path,
 def test_a_config_without_category_ids_numbers_its_classes_and_score_threshold(tmp_path, config):
     config.category_ids = []
     Image.fromarray(_pixels(50, 50)).save(tmp_path / "a.png")
-    model = FakeModel(
+    model = FixedDetections(
         boxes=[[10, 10, 40, 40], [20, 20, 30, 30]],
         scores=[0.8, 0.2],
         classes=[1, 2],
@@ -156,8 +128,8 @@ def test_unreadable_files_are_reported_and_skipped(tmp_path, config):
     full = tmp_path / "truncated.png"
     Image.fromarray(_pixels(80, 80, 2)).save(full)
     full.write_bytes(full.read_bytes()[:200])
-    model = FakeModel([[0, 0, 10, 10]], [0.9], [1], np.ones((1, 28, 28)))
-    entries, failures = predict_images(model, config, find_images(tmp_path))
+    model = FixedDetections([[0, 0, 10, 10]], [0.9], [1], np.ones((1, 28, 28)))
+    entries, failures = predict_images(model, config, sorted(tmp_path.iterdir()))
     assert sorted(entries) == [str(tmp_path / "good.png"), str(tmp_path / "z.jpg")]
     assert sorted(path for path, _ in failures) == [
         str(tmp_path / "broken.jpg"),
@@ -172,7 +144,7 @@ def test_batches_keep_one_shape_and_the_order(tmp_path, config):
         path = tmp_path / f"{index}.png"
         Image.fromarray(_pixels(20 + 10 * index, 40, index)).save(path)
         paths.append(path)
-    model = FakeModel([[0, 0, 10, 10]], [0.9], [1], np.ones((1, 28, 28)))
+    model = FixedDetections([[0, 0, 10, 10]], [0.9], [1], np.ones((1, 28, 28)))
     entries, _ = predict_images(model, config, paths, batch_size=2)
     assert list(entries) == [str(p) for p in paths]
     assert [e["height"] for e in entries.values()] == [20, 30, 40, 50, 60]
@@ -188,7 +160,7 @@ def test_run_detections_yields_per_image_values_without_ground_truth(config):
         "image_id": tf.constant([7, 8, 9], tf.int64),
         "gt_boxes": tf.zeros([3, 2, 4]),
     }
-    model = FakeModel([[0, 0, 5, 5]], [0.5], [1], np.ones((1, 28, 28)))
+    model = FixedDetections([[0, 0, 5, 5]], [0.5], [1], np.ones((1, 28, 28)))
     yielded = list(run_detections(model, [batch]))
     assert [int(values["image_id"]) for values, _ in yielded] == [7, 8, 9]
     assert all("gt_boxes" not in values for values, _ in yielded)

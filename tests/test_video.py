@@ -1,14 +1,13 @@
-"""Videos and cameras: frames read from every container PyAV writes here, predictions that follow
-a moving square (a fake model that boxes the brightest region, computed with tf ops from the
-frame it is given), keys and frame times, frame stride, the drawn video's size, rate and frame
-count read back, damaged and wrong inputs, and a fake camera stopped by --max-frames or Ctrl-C.
+"""Video files and cameras, input and output only (`maskspine.video`): frames read from every
+container PyAV writes here, damaged and wrong inputs, writers' errors. Running the model over
+videos is `tests/test_inference.py`, which uses the videos, the fake camera and the helpers
+made here.
 
 The videos are made here with PyAV: a white square on a dark, slightly noisy ground, moving
 right by `STEP` pixels per frame."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import signal
 import sys
@@ -16,7 +15,6 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 av = pytest.importorskip("av")
 
@@ -24,7 +22,6 @@ from maskspine.errors import DataError, InferenceError  # noqa: E402
 from maskspine.formats import (  # noqa: E402
     InferenceJsonWriter,
     frame_key,
-    parse_frame_key,
     save_inference_json,
 )
 from maskspine.video import (  # noqa: E402
@@ -32,9 +29,7 @@ from maskspine.video import (  # noqa: E402
     VideoFile,
     VideoInfo,
     VideoWriter,
-    infer_video,
     open_source,
-    stop_on_interrupt,
 )
 
 HEIGHT, WIDTH, RATE = 96, 128, Fraction(12)
@@ -95,46 +90,6 @@ def bright_box(pixels: np.ndarray) -> list[float]:
     return [rows[0], columns[0], rows[-1] + 1, columns[-1] + 1]
 
 
-class BrightModel:
-    """A fixed fake model: one detection per image, the box of its bright pixels (normalised
-    value above 0, i.e. brighter than about the mean colour), class 1, score 0.9, a full mask.
-    Counts its traces and the batch sizes it saw."""
-
-    def __init__(self):
-        self.traces = 0
-        self.batch_sizes = []
-
-    def __call__(self, inputs, training=False):
-        self.traces += 1
-        images = inputs["images"]
-        self.batch_sizes.append(images.shape[0])
-        bright = tf.cast(tf.reduce_mean(images, -1) > 0.0, tf.int32)  # [B, H, W]
-
-        def extent(occupied):  # [B, N] -> first index, last index + 1
-            size = tf.shape(occupied)[1]
-            first = tf.argmax(occupied, 1, output_type=tf.int32)
-            last = size - tf.argmax(occupied[:, ::-1], 1, output_type=tf.int32)
-            return first, last
-
-        y1, y2 = extent(tf.reduce_max(bright, 2))
-        x1, x2 = extent(tf.reduce_max(bright, 1))
-        batch = tf.shape(images)[0]
-        return {
-            "detection_boxes": tf.cast(tf.stack([y1, x1, y2, x2], -1), tf.float32)[:, None],
-            "detection_scores": tf.fill([batch, 1], 0.9),
-            "detection_classes": tf.ones([batch, 1], tf.int32),
-            "num_detections": tf.ones([batch], tf.int32),
-            "detection_masks": tf.ones([batch, 1, 28, 28]),
-        }
-
-
-@pytest.fixture
-def config(tiny_config):
-    config = dataclasses.replace(tiny_config)
-    config.test_batch_size = 4
-    return config
-
-
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """clip.mp4: 10 frames of the moving square at 12 frames/s."""
@@ -162,55 +117,6 @@ def test_every_container_gives_its_frames_times_and_size(tmp_path, suffix):
         assert frame.pixels.dtype == np.uint8 and frame.pixels.shape == (HEIGHT, WIDTH, 3)
         # lossy codecs blur the edges by a pixel at most
         np.testing.assert_allclose(bright_box(frame.pixels), square_box(frame.index), atol=1)
-
-
-def test_predictions_follow_the_square_with_keys_times_and_stride(clip, config, tmp_path):
-    for stride in (1, 3):
-        model = BrightModel()
-        output = tmp_path / f"stride{stride}.json"
-        with open_source(clip) as source:
-            summary = infer_video(model, config, source, output, frame_stride=stride)
-        entries = json.loads(output.read_text())
-        run = list(range(0, 10, stride))
-        assert list(entries) == [frame_key(str(clip), index) for index in run]
-        assert list(entries)[1] == f"{clip}#{stride:06d}"
-        assert (summary.frames_read, summary.frames_predicted) == (10, len(run))
-        assert summary.damage is None and not summary.stopped
-        for index, (key, entry) in zip(run, entries.items(), strict=True):
-            assert parse_frame_key(key) == (str(clip), index)
-            assert entry["frame"] == index
-            assert entry["time_s"] == pytest.approx(index / 12, abs=1e-6)
-            assert (entry["height"], entry["width"]) == (HEIGHT, WIDTH)
-            (prediction,) = entry["predictions"]
-            y1, x1, y2, x2 = square_box(index)
-            box = prediction["bbox"]
-            assert [box["x_min"], box["y_min"], box["width"], box["height"]] == pytest.approx(
-                [x1, y1, x2 - x1, y2 - y1], abs=1.0
-            )
-        # one model, one trace, batches of test_batch_size (the last one padded)
-        assert model.traces == 1 and set(model.batch_sizes) == {4}
-
-
-def test_drawn_video_has_the_sources_size_rate_and_frame_count(clip, config, tmp_path):
-    drawn = tmp_path / "drawn.mp4"
-    with open_source(clip) as source:
-        summary = infer_video(
-            BrightModel(), config, source, tmp_path / "p.json", video_output=drawn, frame_stride=2
-        )
-    assert summary.frames_written == 10
-    with VideoFile(drawn) as video:
-        frames = list(video)
-        info = video.info
-        assert video.damage is None
-    assert (info.height, info.width, info.frame_rate) == (HEIGHT, WIDTH, RATE)
-    assert len(frames) == info.frame_count == 10
-    # Frames run through the model (even ones) have the square tinted by the class colour
-    # (the translucent mask of `maskspine draw`); the ground around it stays dark.
-    for frame in frames[::2]:
-        y1, x1, y2, x2 = (int(v) for v in square_box(frame.index))
-        inside = frame.pixels[y1 + 5 : y2 - 5, x1 + 5 : x2 - 5].reshape(-1, 3).mean(0)
-        assert inside.max() - inside.min() > 40  # no longer white: coloured
-        assert frame.pixels[:20, :].mean() < 30 and frame.pixels[-20:, :].mean() < 30
 
 
 def test_streamed_json_is_the_file_save_inference_json_writes(tmp_path):
@@ -293,12 +199,10 @@ def test_missing_camera_and_unwritable_outputs_are_clear_errors(tmp_path, clip):
     assert caught.value.path == str(blocker / "drawn.mp4")
     with pytest.raises(DataError, match=r"ending '.xyz'.*\.mp4"):
         VideoWriter(tmp_path / "drawn.xyz", 12, (HEIGHT, WIDTH))
-    with open_source(clip) as source, pytest.raises(DataError, match="predictions here"):
-        infer_video(BrightModel(), None, source, blocker / "p.json")
 
 
 def test_showing_frames_without_a_display_is_a_clear_error(monkeypatch):
-    from maskspine.video import FrameWindow
+    from maskspine.visualize import FrameWindow
 
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
@@ -343,36 +247,3 @@ class FakeCamera:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def test_camera_stops_at_max_frames(config, tmp_path):
-    camera = FakeCamera()
-    summary = infer_video(
-        BrightModel(), config, camera, tmp_path / "live.json", max_frames=5,
-        video_output=tmp_path / "live.mp4",
-    )  # fmt: skip
-    entries = json.loads((tmp_path / "live.json").read_text())
-    assert list(entries) == [f"camera:0#{index:06d}" for index in range(5)]
-    assert summary.frames_predicted == 5 and not summary.stopped
-    with VideoFile(tmp_path / "live.mp4") as video:
-        assert len(list(video)) == 5 and video.info.frame_rate == 30
-
-
-def test_ctrl_c_stops_the_camera_and_writes_everything_so_far(config, tmp_path):
-    camera = FakeCamera(interrupt_at=6)
-    messages = []
-    handler_before = signal.getsignal(signal.SIGINT)  # a test worker may ignore SIGINT
-    with stop_on_interrupt(messages.append) as stop:
-        summary = infer_video(
-            BrightModel(), config, camera, tmp_path / "live.json",
-            video_output=tmp_path / "live.mp4", stop=stop,
-        )  # fmt: skip
-    assert summary.stopped and messages and "Ctrl-C again" in messages[0]
-    # Stopped within the frames in flight (a batch or two of 4 pulled ahead), far before 200.
-    assert 6 <= summary.frames_read <= 6 + 3 * config.test_batch_size
-    assert summary.frames_read == camera.given  # every frame taken was used
-    entries = json.loads((tmp_path / "live.json").read_text())  # a whole, valid file
-    assert len(entries) == summary.frames_predicted == summary.frames_read
-    with VideoFile(tmp_path / "live.mp4") as video:  # a whole, valid video
-        assert len(list(video)) == summary.frames_read and video.damage is None
-    assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored

@@ -30,7 +30,7 @@ from maskspine.data.coco import (
     inspect_source,
     load_coco_categories,
 )
-from maskspine.data.images import IMAGE_SUFFIXES, find_images, read_image
+from maskspine.data.images import IMAGE_SUFFIXES, read_image
 from maskspine.data.shapes import (
     SHAPE_CLASSES,
     TRAIN_SPLIT,
@@ -67,7 +67,6 @@ __all__ = [
     "category_ids_for_labels",
     "default_data_root",
     "ensure_shapes",
-    "find_images",
     "inspect_source",
     "load_categories",
     "prepare_source",

@@ -1,7 +1,6 @@
 """Image files: finding them, and the one reader (PIL) that turns them into RGB pixels.
 
-    paths = find_images("photos/")            # a file, or a folder's JPEG / PNG files
-    pixels = read_image(paths[0])             # uint8 [height, width, 3] RGB
+    pixels = read_image("photos/a.jpg")       # uint8 [height, width, 3] RGB
 
 Every file is decoded here, on the host, exactly once: `infer` and `draw` read the pixels
 with `read_image`; preparing a data set stores `read_image_bytes` (the file's own bytes
@@ -27,46 +26,15 @@ from PIL import Image, UnidentifiedImageError
 
 from maskspine.errors import DataError
 
-#: File name endings (case-insensitive) of the images taken from a folder.
+#: File name endings (case-insensitive) of the images of a data set's folder that its
+#: labels.json should list (`maskspine.data.coco`). Inputs of `infer` are sorted by their
+#: content instead (`maskspine.inputs`).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 #: PIL modes whose JPEG / PNG files `decode_image` (TensorFlow) reads to the same RGB pixels
 #: as `read_image`; other files are stored as PNG by `read_image_bytes`.
 _TF_READABLE = {"JPEG": {"RGB", "L"}, "PNG": {"RGB", "RGBA", "L", "LA", "P"}}
 _SIXTEEN_BIT = ("I", "I;16", "I;16B", "I;16L")
-
-
-def find_images(path: str | os.PathLike) -> list[Path]:
-    """The images to run on: a file as given, or every JPEG / PNG in a folder's top level.
-
-    In a folder, files ending in .jpg, .jpeg or .png (any case) are taken, sorted by name;
-    sub-folders, other files and hidden files (names starting with ".", such as macOS `._*`
-    copies) are ignored. Whether each file really is a readable image is found out when it
-    is read.
-
-    Raises:
-        FileNotFoundError: `path` does not exist.
-        DataError: a folder without any JPEG / PNG file.
-    """
-    path = Path(path).expanduser()
-    if path.is_dir():
-        images = sorted(
-            child
-            for child in path.iterdir()
-            if child.suffix.lower() in IMAGE_SUFFIXES
-            and not child.name.startswith(".")
-            and child.is_file()
-        )
-        if not images:
-            raise DataError(
-                "no JPEG or PNG images here (only the folder's top level is searched; names "
-                f"must end in {', '.join(IMAGE_SUFFIXES)})",
-                path=path,
-            )
-        return images
-    if path.is_file():
-        return [path]
-    raise FileNotFoundError(f"input not found: {path} (give an image file or a folder of images)")
 
 
 def _open(data: bytes, name: str | os.PathLike) -> Image.Image:

@@ -271,6 +271,13 @@ class MaskRCNN(keras.Model):
         class_logits, box_deltas = self.box_head(
             self.box_features(features, proposals), training=False
         )
+        return self.generate_detections(class_logits, box_deltas, proposals, valid, image_shape)
+
+    def generate_detections(
+        self, class_logits, box_deltas, proposals, valid, image_shape
+    ) -> dict[str, tf.Tensor]:
+        """The box head's outputs -> class-wise decode + NMS (test_cfg.rcnn): the detection
+        dict without masks."""
         rcnn = self.config.test_cfg.rcnn
         return detect_boxes(
             class_logits,

@@ -78,9 +78,15 @@ def _extract(archive: Path, folder: Path) -> None:
     try:
         with tarfile.open(archive) as tar:
             tar.extractall(folder, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as error:
+    except tarfile.ReadError:
         raise WeightsImportError(
-            f"{archive}: cannot extract the archive ({error}); download it again"
+            f"{archive}: not a .tar, .tar.gz or .tgz archive, or a damaged one; download it "
+            "again (or give the checkpoint prefix or its folder)"
+        ) from None
+    except (tarfile.TarError, OSError, EOFError) as error:
+        reason = " ".join(str(getattr(error, "strerror", None) or error).split())
+        raise WeightsImportError(
+            f"{archive}: cannot extract the archive ({reason}); download it again"
         ) from None
 
 

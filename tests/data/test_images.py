@@ -1,4 +1,4 @@
-"""Image files: finding them, and the one reader whose pixels the graph decoder matches."""
+"""Image files: the one reader whose pixels the graph decoder matches."""
 
 from __future__ import annotations
 
@@ -12,30 +12,10 @@ from PIL import Image
 from maskspine.data.images import (
     DataError,
     decode_image_bytes,
-    find_images,
     read_image,
     read_image_bytes,
 )
 from maskspine.data.pipeline import decode_image
-
-
-def test_find_images_takes_jpeg_and_png_in_the_folder_root_only(tmp_path):
-    for name in ("b.jpg", "a.PNG", "c.jpeg", "d.JPG", "notes.txt", "e.gif", ".hidden.png"):
-        (tmp_path / name).write_bytes(b"x")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "f.png").write_bytes(b"x")
-    (tmp_path / "dir.png").mkdir()  # a folder with an image's name
-    found = [path.name for path in find_images(tmp_path)]
-    assert found == ["a.PNG", "b.jpg", "c.jpeg", "d.JPG"]
-    assert find_images(tmp_path / "b.jpg") == [tmp_path / "b.jpg"]
-    with pytest.raises(FileNotFoundError, match="absent"):
-        find_images(tmp_path / "absent")
-
-
-def test_a_folder_without_images_is_an_error_naming_it(tmp_path):
-    (tmp_path / "readme.txt").write_text("no images")
-    with pytest.raises(DataError, match="no JPEG or PNG"):
-        find_images(tmp_path)
 
 
 def _photo(height: int = 120, width: int = 160) -> np.ndarray:
