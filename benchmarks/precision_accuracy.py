@@ -18,54 +18,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-
-def _iou(a, b) -> float:
-    y1, x1 = max(a[0], b[0]), max(a[1], b[1])
-    y2, x2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(y2 - y1, 0.0) * max(x2 - x1, 0.0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def match(reference: list[dict], other: list[dict]) -> tuple[list[tuple[dict, dict]], int, int]:
-    """Greedy one-to-one matching by reference score: same class, IoU >= 0.5."""
-    free = set(range(len(other)))
-    pairs = []
-    for detection in sorted(reference, key=lambda d: -d["score"]):
-        candidates = [
-            j
-            for j in free
-            if other[j]["label"] == detection["label"]
-            and _iou(other[j]["box"], detection["box"]) >= 0.5
-        ]
-        if candidates:
-            best = max(candidates, key=lambda j: _iou(other[j]["box"], detection["box"]))
-            free.remove(best)
-            pairs.append((detection, other[best]))
-    return pairs, len(reference) - len(pairs), len(free)
-
-
-def summarize(pairs: list[tuple[dict, dict]]) -> dict[str, float | None]:
-    """Median and largest box-corner difference (pixels) and score difference of matched
-    pairs (None without pairs)."""
-    import numpy as np
-
-    box = [float(np.abs(np.subtract(a["box"], b["box"])).max()) for a, b in pairs]
-    score = [abs(a["score"] - b["score"]) for a, b in pairs]
-    return {
-        "box_diff_median": float(np.median(box)) if box else None,
-        "box_diff_max": max(box, default=None),
-        "score_diff_median": float(np.median(score)) if score else None,
-        "score_diff_max": max(score, default=None),
-    }
-
-
-def format_summary(figures: dict[str, float | None]) -> str:
-    return (
-        f"box corners differ by median {figures['box_diff_median']:.3f} px, at most "
-        f"{figures['box_diff_max']:.3f} px; scores by median {figures['score_diff_median']:.4f}, "
-        f"at most {figures['score_diff_max']:.4f}"
-    )
+from maskspine.evaluation.matching import (  # noqa: E402
+    format_summary,
+    match_by_iou,
+    summarize_pairs,
+)
 
 
 def main() -> None:
@@ -112,7 +69,7 @@ def main() -> None:
         print(f"{iou_type} mAP: float32 {a:.4f}, {args.precision} {b:.4f}, difference {b - a:+.4f}")
     all_pairs, missing, extra, total = [], 0, 0, 0
     for image_id, reference in det32.items():
-        pairs, unmatched, unpaired = match(reference, det_low.get(image_id, []))
+        pairs, unmatched, unpaired = match_by_iou(reference, det_low.get(image_id, []))
         missing, extra, total = missing + unmatched, extra + unpaired, total + len(reference)
         all_pairs += pairs
     extra += sum(len(v) for k, v in det_low.items() if k not in det32)
@@ -121,7 +78,7 @@ def main() -> None:
         f"{args.precision} partner, {extra} {args.precision} ones without a float32 partner"
     )
     if all_pairs:
-        print("matched: " + format_summary(summarize(all_pairs)))
+        print("matched: " + format_summary(summarize_pairs(all_pairs)))
 
 
 if __name__ == "__main__":

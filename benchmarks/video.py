@@ -7,8 +7,8 @@ For each config: a fresh model (weights do not change the time; `--checkpoint RU
 trained one, whose config then applies), warmed up on one batch (the trace is not timed), then
 timed on the same frames three ways, each through the library call `maskspine infer` makes:
 
-1. video -> JSON (`maskspine.video.infer_video`: decode, the batched runner, post-processing,
-   the JSON written entry by entry);
+1. video -> JSON (`maskspine.inference.run_inference`: decode, the batched runner,
+   post-processing, the JSON written entry by entry);
 2. video -> JSON + the drawn video (`--video-output`: every frame drawn as `maskspine draw`
    draws it and encoded as H.264);
 3. PNG files of the same decoded frames -> JSON (`maskspine.predict.predict_images` +
@@ -36,10 +36,12 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from maskspine.checkpoints import load_model  # noqa: E402
 from maskspine.config import load_config  # noqa: E402
-from maskspine.data.images import find_images  # noqa: E402
 from maskspine.formats import save_inference_json  # noqa: E402
+from maskspine.inference import OutputPlan, run_inference  # noqa: E402
+from maskspine.inputs import collect_inputs  # noqa: E402
 from maskspine.predict import predict_images  # noqa: E402
-from maskspine.video import VideoFile, VideoWriter, infer_video  # noqa: E402
+from maskspine.segmenter import Segmenter  # noqa: E402
+from maskspine.video import VideoFile, VideoWriter  # noqa: E402
 
 WIDTH, HEIGHT = 640, 480
 
@@ -96,21 +98,17 @@ def benchmark(config_path: str, args: argparse.Namespace, folder: Path, video: P
     with VideoFile(video) as source:  # the decoded frames, as PNG files
         for frame in source:
             Image.fromarray(frame.pixels).save(pngs / f"{frame.index:06d}.png")
-    images = find_images(pngs)
+    images = [found.path for found in collect_inputs([pngs]).images]
     count = len(images)
     # Warm-up: trace the runner at this batch size (shared by the three timed runs).
     predict_images(model, config, images[:batch_size] * batch_size, batch_size=batch_size)
 
+    segmenter = Segmenter(model, config, batch_size=batch_size)
+    video_input = collect_inputs([video])
+
     def run_video(video_output=None):
-        with VideoFile(video) as source:
-            infer_video(
-                model,
-                config,
-                source,
-                folder / "video.json",
-                video_output=video_output,
-                batch_size=batch_size,
-            )
+        plan = OutputPlan(json=folder / "video.json", video_output=video_output)
+        run_inference(segmenter, video_input, plan)
 
     def run_images():
         entries, _ = predict_images(model, config, images, batch_size=batch_size)

@@ -85,3 +85,26 @@ def to_yxyx(boxes, box_format: str) -> np.ndarray:
     if box_format == "xywh":
         return xywh_to_yxyx(boxes)
     return boxes[..., [1, 0, 3, 2]] if box_format == "xyxy" else boxes
+
+
+def box_overlaps(boxes1, boxes2) -> tuple[np.ndarray, np.ndarray]:
+    """IoU and intersection over the area of `boxes1`, host numpy (the graph's is
+    `maskspine.modeling.box_ops.pairwise_overlaps`).
+
+    Args:
+        boxes1: [N, 4] yxyx; boxes2: [M, 4] yxyx (any units, the same in both).
+    Returns:
+        (iou [N, M], ioa [N, M]) float64; 0 where the union (the area) is 0.
+    """
+    a = _as_float_array(boxes1).reshape(-1, 4).astype(np.float64)
+    b = _as_float_array(boxes2).reshape(-1, 4).astype(np.float64)
+    top = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(bottom - top, 0, None), axis=-1)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=-1)[:, None]
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=-1)[None, :]
+    union = area_a + area_b - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, inter / union, 0.0)
+        ioa = np.where(area_a > 0, inter / area_a, 0.0)
+    return iou, ioa

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
+import time
 
 import numpy as np
 import pytest
@@ -25,19 +27,25 @@ def test_cli_times_inference_stages_and_a_training_step(tmp_path):
         o for o in TINY_OVERRIDES if not o.startswith(("coco_classes", "num_classes"))
     ]:
         args += ["--set", override]
+    start = time.monotonic()
     result = CliRunner().invoke(app, args)
+    elapsed = time.monotonic() - start
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0].startswith("machine: ")
-    assert "precision float32" in result.output
+    # The tiny config's classes: square, disc, bar (without the background).
+    assert "3 classes (and background), precision float32" in result.output
     rows = json.loads((tmp_path / "t.json").read_text())
     names = [(row["part"], row["name"]) for row in rows]
     assert names[0] == ("infer", "whole model") and names[-1] == ("train", "training step")
     assert len(names) == 7  # the whole model, five stages, the training step
     for row in rows:
-        assert len(row["seconds"]) == 1 and row["median_s"] > 0
-        assert row["images_per_s"] == row["images_per_call"] / row["median_s"]
-        assert row["peak_memory_bytes"] > 100 * 2**20
+        assert len(row["seconds"]) == 1 and row["images_per_call"] == 1  # --batch-size 1
+        assert row["median_s"] == statistics.median(row["seconds"])
+        # Timed calls happened inside this command: together not longer than it took.
+        assert 0 < row["median_s"] < elapsed
+    assert sum(row["median_s"] for row in rows if row["part"] != "data") < elapsed
     assert "RPN + proposals" in result.output and "images/s" in result.output
+    assert "do not overlap" in result.output
 
 
 def test_cli_times_the_input_pipeline(tmp_path, monkeypatch):
@@ -77,10 +85,13 @@ def test_synthetic_training_batch_obeys_the_contract():
     assert set(np.unique(batch["gt_masks"])) == {0, 1}
 
 
-def test_table_shares_are_of_the_whole_model():
+def test_table_shares_are_of_the_whole_model_and_their_sum_is_said():
     rows = [
-        Measurement("infer", "whole model", [2.0, 2.0, 2.0], 1),
-        Measurement("infer", "backbone", [0.5], 1, share_of="whole model"),
+        Measurement("infer", "whole model", [2.0, 2.0, 4.0], 2),
+        Measurement("infer", "backbone", [0.5], 2, share_of="whole model"),
+        Measurement("infer", "heads", [1.2], 2, share_of="whole model"),
     ]
     table = format_table(rows)
-    assert "25 %" in table and "0.50" in table
+    # 0.5 s of the median 2.0 s; 2 images in 2.0 s
+    assert "25 %" in table and "60 %" in table and "1.00" in table
+    assert "2 stages of the whole model do not overlap and sum to 85 % of it" in table

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -105,8 +109,19 @@ def test_draws_into_given_axes_and_colours_by_name_when_no_labels():
         np.zeros((10, 10, 3), np.uint8), np.array([[1, 1, 5, 5]]), names=["a"], ax=axes[1]
     )
     assert result is axes[1]
-    # a class keeps its colour, and the first classes all get different ones
-    assert class_colour("a") == class_colour("a")
+    # drawn in the colour of its name, a colour that does not change from run to run (not
+    # Python's salted hash): the same in another process with another hash seed
+    (rectangle,) = axes[1].patches
+    assert tuple(rectangle.get_edgecolor()[:3]) == pytest.approx(class_colour("a"))
+    code = "from maskspine.visualize import class_colour; print(list(class_colour('a')))"
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(elsewhere.stdout) == pytest.approx(list(class_colour("a")))
     colours = [class_colour(label) for label in range(1, len(PALETTE) + 1)]
     assert len(set(colours)) == len(colours)
     with pytest.raises(ValueError, match="box_format"):
@@ -174,13 +189,12 @@ def test_draw_finds_moved_images_by_name_and_checks_their_size(tmp_path):
 
 def test_host_code_imports_no_tensorflow():
     # `maskspine draw` and every `--help` must not wait for TensorFlow to load.
-    import subprocess
-    import sys
-
     script = (
         "import sys\n"
         "import maskspine.postprocess, maskspine.visualize, maskspine.formats, maskspine.boxes\n"
         "import maskspine.data.images, maskspine.errors, maskspine.cli.main, maskspine.video\n"
+        "import maskspine.inputs, maskspine.files, maskspine.progress, maskspine.interrupt\n"
+        "import maskspine.segmenter, maskspine.inference, maskspine.evaluation.matching\n"
         "loaded = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )

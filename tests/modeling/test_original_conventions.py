@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from maskspine.boxes import box_overlaps
 from maskspine.modeling import box_ops
 from maskspine.modeling.anchors import generate_anchors
 from maskspine.modeling.detection import detect_boxes
@@ -41,12 +42,6 @@ def np_batch_norm(x, gamma, beta, mean, variance, eps):
     return gamma * (x - mean) / np.sqrt(variance + eps) + beta
 
 
-def np_iou(a, b):
-    inter = max(min(a[2], b[2]) - max(a[0], b[0]), 0) * max(min(a[3], b[3]) - max(a[1], b[1]), 0)
-    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])
-    return inter / (area - inter + 1e-8)
-
-
 def np_padded_nms(boxes, scores, max_out, threshold):
     """Greedy NMS: stable descending order, suppressed at IoU >= threshold, boxes whose four
     coordinates are all <= 0 never kept. Returns kept indices."""
@@ -57,7 +52,7 @@ def np_padded_nms(boxes, scores, max_out, threshold):
             break
         if np.all(boxes[i] <= 0):
             continue
-        if all(np_iou(boxes[i], boxes[j]) < threshold for j in kept):
+        if all(box_overlaps(boxes[i], boxes[j])[0][0, 0] < threshold for j in kept):
             kept.append(i)
     return kept
 

@@ -18,8 +18,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from maskspine.pretrained.writer import VALUE_SUFFIX, write_modelgarden_checkpoint  # noqa: F401
+
 TABLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tables")
-VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 #: Shrinks a configs/pretrained model (names unchanged, widths small, 128 px).
 TINY_PRETRAINED_OVERRIDES = [
@@ -67,30 +68,6 @@ def write_tpu_checkpoint(prefix: str, variables: dict[str, np.ndarray]) -> str:
         tensors=[tf.constant(variables[n]) for n in names],
     )
     return prefix
-
-
-class _Node(tf.Module):
-    pass
-
-
-def write_modelgarden_checkpoint(prefix: str, variables: dict[str, np.ndarray]) -> str:
-    """An object-based checkpoint whose keys are `variables`' names (`model/a/b/kernel` +
-    `/.ATTRIBUTES/VARIABLE_VALUE`), as `tf.train.Checkpoint(model=..., ...).write` makes them
-    (objects and variables nested by the names' parts)."""
-    root = _Node()
-    for key, value in variables.items():
-        parts = key.removesuffix(VALUE_SUFFIX).split("/")
-        node = root
-        for part in parts[:-1]:
-            child = getattr(node, part, None)
-            if child is None:
-                child = _Node()
-                setattr(node, part, child)
-            node = child
-        setattr(node, parts[-1], tf.Variable(value, name=parts[-1]))
-    tops = {key.split("/", 1)[0] for key in variables}
-    checkpoint = tf.train.Checkpoint(**{top: getattr(root, top) for top in tops})
-    return checkpoint.write(prefix)
 
 
 def plausible(name: str, shape, rng: np.random.Generator) -> np.ndarray:

@@ -30,69 +30,46 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from maskspine.boxes import box_overlaps
+from maskspine.evaluation.matching import (
+    format_summary,
+    match_by_box_distance,
+    match_by_iou,
+    summarize_pairs,
+)
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
 BOX_TOL, SCORE_TOL, MASK_TOL = 0.01, 1e-4, 1e-3
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes a [N, 4] with b [M, 4] (yxyx)."""
-    top = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(bottom - top, 0, None), axis=-1)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=-1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=-1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
-
-
-def match_detections(theirs: dict, ours: dict) -> dict:
-    """Greedy one-to-one matching, their detections by descending score: the same class and
-    the nearest box (L-infinity), taken only within BOX_TOL."""
-    n_t, n_o = int(theirs["num"]), int(ours["num"])
-    used = np.zeros(n_o, bool)
-    pairs, unmatched = [], []
-    for i in range(n_t):
-        candidates = [
-            j for j in range(n_o) if not used[j] and ours["classes"][j] == theirs["classes"][i]
-        ]
-        if candidates:
-            diffs = [np.abs(ours["boxes"][j] - theirs["boxes"][i]).max() for j in candidates]
-            best = candidates[int(np.argmin(diffs))]
-            if min(diffs) <= BOX_TOL:
-                used[best] = True
-                pairs.append((i, best))
-                continue
-        unmatched.append(i)
-    return {
-        "pairs": pairs,
-        "unmatched_theirs": unmatched,
-        "unmatched_ours": list(np.flatnonzero(~used)),
-    }
+def _detections(found: dict) -> list[dict]:
+    """The first `num` detections of a detection dict as `maskspine.evaluation.matching`'s
+    detection dicts."""
+    return [
+        {"box": found["boxes"][i], "score": float(found["scores"][i]),
+         "label": int(found["classes"][i])}
+        for i in range(int(found["num"]))
+    ]  # fmt: skip
 
 
 def compare_precision(model, images, info, theirs: dict, precision: str) -> dict:
     """The original's float32 detections against the import's in another precision."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from precision_accuracy import format_summary, match, summarize
-
     outputs = model({"images": images, "image_info": info}, training=False)
     n = int(outputs["num_detections"][0])
     low = [{"box": b, "score": float(s), "label": int(c)} for b, s, c in zip(
         outputs["detection_boxes"].numpy()[0][:n], outputs["detection_scores"].numpy()[0][:n],
         outputs["detection_classes"].numpy()[0][:n])]  # fmt: skip
-    reference = [{"box": theirs["boxes"][i], "score": float(theirs["scores"][i]),
-                  "label": int(theirs["classes"][i])} for i in range(theirs["num"])]  # fmt: skip
-    pairs, missing, extra = match(reference, low)
+    reference = _detections(theirs)
+    pairs, missing, extra = match_by_iou(reference, low)
     figures = {"precision": precision, "computes_in": model.precision, "theirs": len(reference),
                "ours": len(low), "matched": len(pairs), "unmatched_theirs": missing,
-               "unmatched_ours": extra, **summarize(pairs)}  # fmt: skip
+               "unmatched_ours": extra, **summarize_pairs(pairs)}  # fmt: skip
     print(f"{precision} ({model.precision}) against the original's float32 detections: "
           f"{len(pairs)} of {len(reference)} matched (same class, IoU >= 0.5), {extra} of ours "
           f"without a partner")  # fmt: skip
@@ -193,8 +170,9 @@ def main() -> None:
             "classes": outputs["detection_classes"].numpy()[0].astype(int),
             "scores": outputs["detection_scores"].numpy()[0],
             "masks": outputs["detection_masks"].numpy()[0]}  # fmt: skip
-    m = match_detections(theirs, ours)
-    pairs = m["pairs"]
+    pairs, unmatched_theirs, unmatched_ours = match_by_box_distance(
+        _detections(theirs), _detections(ours), BOX_TOL
+    )
     box = max((np.abs(ours["boxes"][j] - theirs["boxes"][i]).max() for i, j in pairs), default=0)
     score = max((abs(ours["scores"][j] - theirs["scores"][i]) for i, j in pairs), default=0)
     mask = max((np.abs(ours["masks"][j] - theirs["masks"][i]).max() for i, j in pairs), default=0)
@@ -214,15 +192,15 @@ def main() -> None:
         "max_score_diff": float(score), "max_mask_diff": float(mask),
     }  # fmt: skip
     explain = []
-    for i in m["unmatched_theirs"]:
-        near = iou(theirs["boxes"][i : i + 1], ours["boxes"][: ours["num"]])[0]
+    for i in unmatched_theirs:
+        near = box_overlaps(theirs["boxes"][i : i + 1], ours["boxes"][: ours["num"]])[0][0]
         j = int(np.argmax(near)) if ours["num"] else -1
         text = (f"  theirs #{i}: class {theirs['classes'][i]} score {theirs['scores'][i]:.5f} "
                 f"box {np.round(theirs['boxes'][i], 2).tolist()}; nearest of ours: #{j} class "
                 f"{ours['classes'][j]} score {ours['scores'][j]:.5f} IoU {near[j]:.3f}")  # fmt: skip
         print(text)
         explain.append(text.strip())
-    for j in m["unmatched_ours"]:
+    for j in unmatched_ours:
         text = (f"  ours #{j} (unmatched): class {ours['classes'][j]} score {ours['scores'][j]:.5f} "
                 f"box {np.round(ours['boxes'][j], 2).tolist()}")  # fmt: skip
         print(text)

@@ -13,12 +13,8 @@ model clips to the desired size as they do.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
 
 def main() -> None:

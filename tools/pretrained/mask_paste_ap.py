@@ -25,14 +25,10 @@ import argparse
 import contextlib
 import io
 import math
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
 MASK = 28
 
