@@ -92,6 +92,15 @@ _STEM_BLOCKS = 2
 _STEM_BLOCK_FN = "bottleneck"
 _STEM_FILTERS = 64
 
+#: Height and width of the input must be multiples of this: 2**7, the stride of
+#: SpineNet's coarsest blocks, whatever `max_level` is. Block specs 7 and 13 are at level
+#: 7 and block spec 7 feeds every output through block spec 8 (level 5), so level-7 maps
+#: are always built. Stride-2 convs and pools ('same' or symmetric padding) round up,
+#: giving ceil(H / 2**l) at level l, and merging a level-7 map into level 5 upsamples it
+#: 4x: 4 * ceil(H / 128) equals ceil(H / 32) only when H mod 128 is 0 or above 96, and
+#: every feature map is exactly H / 2**l (as the anchors assume) only for multiples of 128.
+INPUT_SIZE_DIVISOR = 2 ** max(spec.level for spec in SPINENET_BLOCK_SPECS)
+
 #: `downsample_pooling` values (see `build_spinenet`).
 DOWNSAMPLE_POOLINGS = ("repeated", "single")
 
@@ -341,7 +350,7 @@ def build_spinenet(
     Args:
         model_id: one of `SCALING_MAP` ("49S", "49", "96", "143", "143L", "190").
         input_shape: (height, width, 3); height and width may be None, otherwise
-            they must be multiples of 2**max_level.
+            they must be multiples of `INPUT_SIZE_DIVISOR` (128, whatever max_level).
         min_level, max_level: the output levels (stride 2**level).
         activation: "relu" or "swish".
         norm_momentum, norm_epsilon: Keras BatchNormalization settings.
@@ -374,12 +383,13 @@ def build_spinenet(
         raise ValueError(
             f"downsample_pooling must be one of {DOWNSAMPLE_POOLINGS}, got {downsample_pooling!r}"
         )
-    divisor = 2 ** max(spec.level for spec in SPINENET_BLOCK_SPECS)
+    divisor = INPUT_SIZE_DIVISOR
     for size in input_shape[:2]:
         if size is not None and size % divisor:
             raise ValueError(
                 f"input size {input_shape[0]}x{input_shape[1]} is not divisible by {divisor} "
-                f"(2**{int(math.log2(divisor))}); use a multiple of {divisor}"
+                f"(2**{int(math.log2(divisor))}, the stride of SpineNet's coarsest blocks); "
+                f"use a multiple of {divisor}"
             )
 
     builder = _SpineNetBuilder(

@@ -222,3 +222,27 @@ def test_plan_is_what_the_builder_creates_in_creation_order(monkeypatch, min_lev
     unused = {layer.name.split("_")[0] for layer in plan.layers if not layer.used}
     assert ("block16" in unused) == (min_level > 2)  # the level-2 output block
     assert ("block12" in unused) == (min_level > 3)  # level 3, read only by block 16
+
+
+# --------------------------------------------------------------------------- input size
+
+
+def test_the_input_size_rule_is_128_whatever_max_level(monkeypatch):
+    """Level-7 blocks are built even for max_level 6 and merged into level 5: at 192 (a
+    multiple of 2**6) they are ceil(192 / 128) = 2 cells, upsampled 4x to 8, against
+    192 / 32 = 6 at level 5. So 128 is the rule, and the config agrees."""
+    from maskspine import config as config_module
+    from maskspine.modeling import spinenet
+
+    assert spinenet.INPUT_SIZE_DIVISOR == config_module.SPINENET_INPUT_SIZE_DIVISOR == 128
+    small = dict(filter_size_scale=0.125, endpoints_num_filters=8)
+    with pytest.raises(ValueError, match=r"192x192 is not divisible by 128"):
+        build_spinenet("49", (192, 192, 3), max_level=6, **small)
+    model = build_spinenet("49", (256, 384, 3), max_level=6, **small)
+    assert {k: tuple(v.shape[1:3]) for k, v in model.output.items()} == {
+        f"P{level}": (256 >> level, 384 >> level) for level in range(3, 7)
+    }
+    # Without the check, the merge of the upsampled level-7 map fails (why 2**6 is not enough).
+    monkeypatch.setattr(spinenet, "INPUT_SIZE_DIVISOR", 64)
+    with pytest.raises(ValueError, match=r"incompatible shapes.*\(6, 6, \d+\) and \(8, 8, \d+\)"):
+        build_spinenet("49", (192, 192, 3), max_level=6, **small)
