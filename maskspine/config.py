@@ -49,6 +49,11 @@ CLASSES_FROM_DATA = "from_data"
 
 SPINENET_ARCHS = ("49S", "49", "96", "143", "143L", "190")
 
+#: img_height and img_width must be multiples of this, whatever backbone.max_level: 2**7,
+#: the stride of SpineNet's coarsest blocks, which every SpineNet builds and merges into
+#: finer levels (`modeling.spinenet.INPUT_SIZE_DIVISOR` explains why; equal by test).
+SPINENET_INPUT_SIZE_DIVISOR = 128
+
 #: norm_cfg.type values: per-replica BatchNorm, or BatchNorm synchronised over replicas.
 NORM_TYPES = ("BN", "SyncBN")
 
@@ -759,13 +764,13 @@ def validate(config: Config, *, source: str = "<config>") -> None:
             f"{source}: backbone.arch {config.backbone.arch!r} is not a SpineNet model id; "
             f"use one of {', '.join(SPINENET_ARCHS)}{hint}"
         )
-    divisor = 2**config.backbone.max_level
+    divisor = SPINENET_INPUT_SIZE_DIVISOR
     for key in ("img_height", "img_width"):
         value = getattr(config, key)
         if value <= 0 or value % divisor:
             raise ConfigError(
                 f"{source}: {key}={value} must be a positive multiple of {divisor} "
-                f"(2**backbone.max_level)"
+                f"(the stride of SpineNet's coarsest blocks, whatever backbone.max_level)"
             )
     for key, norm in (
         ("backbone.norm_cfg", config.backbone.norm_cfg),

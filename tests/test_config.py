@@ -136,6 +136,16 @@ def test_bad_image_size_names_the_divisor(tmp_path):
         load_config(path)
 
 
+def test_image_size_must_be_a_multiple_of_128_even_below_max_level_7(tmp_path):
+    # 192 = 3 * 2**6: SpineNet still builds level-7 blocks (tests/modeling/test_spinenet.py).
+    levels = "backbone: {max_level: 6}\nrpn: {anchor_generator: {strides: [8, 16, 32, 64]}}\n"
+    path = write(tmp_path, levels + "img_height: 192\nimg_width: 256\n")
+    with pytest.raises(ConfigError, match=r"img_height=192 must be a positive multiple of 128"):
+        load_config(path)
+    config = load_config(write(tmp_path, levels + "img_height: 384\nimg_width: 256\n"))
+    assert (config.img_height, config.backbone.max_level) == (384, 6)
+
+
 def test_unknown_backbone_arch_is_rejected_with_a_suggestion(tmp_path):
     path = write(tmp_path, "backbone: {arch: '49s'}\n")
     with pytest.raises(ConfigError, match="'49S'"):

@@ -40,7 +40,8 @@ class StochasticDepth(layers.Layer):
 @keras.saving.register_keras_serializable(package="maskspine")
 class InputSizeCheck(layers.Layer):
     """Passes images through, failing with a clear error when their height or width is
-    not a multiple of `divisor` (the backbone's coarsest stride)."""
+    not a multiple of `divisor` (SpineNet's: `spinenet.INPUT_SIZE_DIVISOR`, 128, the
+    stride of its coarsest blocks, whatever its max_level)."""
 
     def __init__(self, divisor: int, **kwargs):
         super().__init__(**kwargs)
@@ -48,8 +49,9 @@ class InputSizeCheck(layers.Layer):
 
     def _message(self, height, width) -> str:
         return (
-            f"input size {height}x{width} is not divisible by {self.divisor} "
-            f"(2**max_level); resize or pad the images to a multiple of {self.divisor}"
+            f"input size {height}x{width} is not divisible by {self.divisor} (the stride "
+            f"of the backbone's coarsest blocks); resize or pad the images to a multiple of "
+            f"{self.divisor}"
         )
 
     def compute_output_shape(self, input_shape):
@@ -67,7 +69,8 @@ class InputSizeCheck(layers.Layer):
         check = tf.debugging.assert_equal(
             tf.math.floormod(shape[1:3], self.divisor),
             0,
-            message=f"input size is not divisible by {self.divisor} (2**max_level)",
+            message=f"input size is not divisible by {self.divisor} (the stride of the "
+            "backbone's coarsest blocks)",
         )
         with tf.control_dependencies([check]):
             return tf.identity(inputs)

@@ -436,10 +436,14 @@ class MaskRCNN(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras (3.15) averages one distributed batch over the replicas to build an unbuilt
-        # model; TF cannot average bool tensors nor MultiWorkerMirroredStrategy's per-replica
-        # dicts. Model and optimizer are built already (__init__, compile): nothing to do.
-        # A private Keras method: pyproject.toml caps keras below the next minor release.
+        # Keras' own (3.15.1, backend/tensorflow/trainer.py), run by fit and evaluate for a
+        # model created under a strategy, pulls one batch and averages it over the replicas
+        # (strategy.reduce MEAN) before it looks at what is built, and no public setting
+        # skips it. The average fails on bool tensors (gt_is_crowd) and, under
+        # MultiWorkerMirroredStrategy, on any dict batch (its reduce takes one tensor, not
+        # a nest). Model and optimizer are built already (__init__, compile): nothing to do.
+        # A private Keras method: tests/training/test_replicas.py checks that fit still
+        # calls it, and pyproject.toml caps keras below the next minor release.
         if self.built and (self.optimizer is None or self.optimizer.built):
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
@@ -464,7 +468,8 @@ class MaskRCNN(keras.Model):
             tracker.update_state(losses[name])
         logs = {name: tracker.result() for name, tracker in self.loss_trackers.items()}
         if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-            # Keras (3.15) averages multi-worker logs with reduce(axis=0), which needs rank 1.
+            # Keras (3.15.1, reduce_per_replica) averages multi-worker logs with
+            # strategy.reduce(MEAN, axis=0), which fails on scalars: rank 1 it is.
             logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
         return logs
 

@@ -1,13 +1,14 @@
 """Which checkpoint variable of the originals goes into which maskspine weight.
 
-Both originals build SpineNet in the same order (stem, then per block spec two resampling
-connections and the block group, then the endpoints), and both name its layers by that
-order: tensorflow/tpu through TF1 `tf.layers` counters per variable scope
+Both originals build SpineNet in the same order as maskspine (stem, then per block spec two
+resampling connections and the block group, then the endpoints), and both name its layers
+by that order: tensorflow/tpu through TF1 `tf.layers` counters per variable scope
 (`spinenet/sub_policy3/resample_with_alpha_resample_3_0/conv2d_1/kernel`), Model Garden
 through Keras' per-class name counters (`conv2d_17`, `bottleneck_block_4`), which its
 checkpoint then lists in the functional model's layer order (`layer_with_weights-N`,
-see `modelgarden_backbone_order.json`). `spinenet_units` walks maskspine's SpineNet in
-that build order; the two `*_variable_map` functions turn the walk and the heads into
+see `modelgarden_backbone_order.json`). The order is maskspine's own build plan
+(`modeling.spinenet.spinenet_plan`, the layers `build_spinenet` creates, in creation
+order); the two `*_variable_map` functions turn it and the heads into
 {checkpoint key: maskspine weight path} (facts about the originals' names are documented
 in tools/README.md; no code of theirs is used).
 
@@ -22,97 +23,41 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from maskspine.config import Config
-from maskspine.modeling.spinenet import FILTER_SIZE_MAP, SCALING_MAP, SPINENET_BLOCK_SPECS
+from maskspine.modeling.spinenet import PlannedLayer, SpineNetPlan, spinenet_plan
 
 BN_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
 _MG_VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
 _MG_ORDER_FILE = Path(__file__).with_name("modelgarden_backbone_order.json")
 
 
-@dataclass(frozen=True)
-class Unit:
-    """One layer of the originals' SpineNet build: a conv with its BatchNorm
-    (`kind` "conv", maskspine layers `{name}_conv` / `{name}_bn`), or a residual /
-    bottleneck block (`kind` "residual" / "bottleneck", maskspine layers `{name}_*`).
-
-    `scope`: the tensorflow/tpu variable scope it is created in (below `spinenet/`).
-    `used`: False for layers the originals create but no output reads (Model Garden's
-    level-2 output block with min_level 3); they are in neither checkpoint nor model.
-    """
-
-    kind: str
-    name: str
-    scope: str
-    projection: bool = False
-    used: bool = True
-
-    def conv_bn_pairs(self) -> list[tuple[str, str]]:
-        """(conv, bn) maskspine layer names in creation order (projection first)."""
-        if self.kind == "conv":
-            return [(f"{self.name}_conv", f"{self.name}_bn")]
-        parts = ["proj"] if self.projection else []
-        parts += ["1", "2", "3"] if self.kind == "bottleneck" else ["1", "2"]
-        return [(f"{self.name}_{p}_conv", f"{self.name}_{p}_bn") for p in parts]
-
-
-def spinenet_units(config: Config) -> list[Unit]:
-    """maskspine's SpineNet layers in the originals' creation order (all 16 block specs)."""
+def backbone_plan(config: Config) -> SpineNetPlan:
+    """The build plan of the config's SpineNet (its layers in creation order)."""
     backbone = config.backbone
-    scaling = dict(SCALING_MAP[backbone.arch])
-    for key in ("filter_size_scale", "block_repeats"):
-        if getattr(backbone, key) is not None:
-            scaling[key] = getattr(backbone, key)
-    repeats = int(scaling["block_repeats"])
-
-    def filters(level: int) -> int:
-        return int(FILTER_SIZE_MAP[level] * scaling["filter_size_scale"])
-
-    def group(name: str, block_fn: str, in_channels: int, out_filters: int, scope: str, used):
-        out_channels = 4 * out_filters if block_fn == "bottleneck" else out_filters
-        for repeat in range(repeats):
-            yield Unit(
-                block_fn,
-                f"{name}_{repeat + 1}" if repeats > 1 else name,
-                scope,
-                projection=repeat == 0 and in_channels != out_channels,
-                used=used,
-            )
-
-    units = [Unit("conv", "stem", "")]
-    levels = [2, 2]  # of every block so far, stem blocks first
-    block_fns = ["bottleneck", "bottleneck"]
-    channels = 64
-    for g in range(2):
-        units += group(f"stem_block{g + 1}", "bottleneck", channels, filters(2), "", True)
-        channels = 4 * filters(2)
-    outputs = set(range(backbone.min_level, backbone.max_level + 1))
-    for i, spec in enumerate(SPINENET_BLOCK_SPECS):
-        used = not spec.is_output or spec.level in outputs or _read_later(i)
-        for k, offset in enumerate(spec.input_offsets):
-            scope = f"sub_policy{i}/resample_with_alpha_resample_{i}_{k}"
-            prefix = f"block{i + 1}_in{k}"
-            units.append(Unit("conv", f"{prefix}_reduce", scope, used=used))
-            if levels[offset] < spec.level:
-                units.append(Unit("conv", f"{prefix}_down", scope, used=used))
-            units.append(Unit("conv", f"{prefix}_expand", scope, used=used))
-        out = filters(spec.level)
-        in_channels = 4 * out if spec.block_fn == "bottleneck" else out
-        scope = f"sub_policy{i}/scale_permuted_block_{i + 2}"
-        units += group(f"block{i + 1}", spec.block_fn, in_channels, out, scope, used)
-        levels.append(spec.level)
-        block_fns.append(spec.block_fn)
-    for level in range(backbone.min_level, backbone.max_level + 1):
-        units.append(Unit("conv", f"endpoint_P{level}", ""))
-    return units
+    return spinenet_plan(
+        backbone.arch,
+        backbone.min_level,
+        backbone.max_level,
+        filter_size_scale=backbone.filter_size_scale,
+        endpoints_num_filters=backbone.endpoints_num_filters,
+        resample_alpha=backbone.resample_alpha,
+        block_repeats=backbone.block_repeats,
+    )
 
 
-def _read_later(index: int) -> bool:
-    """Whether a later block spec reads block spec `index` (offsets count 2 stem blocks)."""
-    return any(index + 2 in spec.input_offsets for spec in SPINENET_BLOCK_SPECS[index + 1 :])
+def tpu_scope(layer: PlannedLayer) -> str:
+    """The tensorflow/tpu variable scope (below `spinenet/`) a backbone layer is created in:
+    block spec i's resampling connection k in `sub_policy{i}/resample_with_alpha_resample_{i}_{k}`,
+    its blocks in `sub_policy{i}/scale_permuted_block_{i + 2}`; the stem and endpoints at
+    the top."""
+    if layer.role.startswith("resample_"):
+        spec = layer.block - 2
+        return f"sub_policy{spec}/resample_with_alpha_resample_{spec}_{layer.connection}"
+    if layer.role == "block":
+        return f"sub_policy{layer.block - 2}/scale_permuted_block_{layer.block}"
+    return ""
 
 
 # --------------------------------------------------------------------------- tensorflow/tpu
@@ -131,12 +76,13 @@ def tpu_variable_map(config: Config) -> dict[str, str]:
         base = "/".join(part for part in ("spinenet", scope) if part)
         return f"{base}/{layer_type}" + (f"_{index}" if index else "")
 
-    for unit in spinenet_units(config):
-        if not unit.used:
+    for layer in backbone_plan(config).layers:
+        if not layer.used:
             continue
-        for conv, bn in unit.conv_bn_pairs():
-            mapping[f"{tf1_name(unit.scope, 'conv2d')}/kernel"] = f"{conv}/kernel"
-            source_bn = tf1_name(unit.scope, "batch_normalization")
+        scope = tpu_scope(layer)
+        for conv, bn in layer.weight_layer_names():
+            mapping[f"{tf1_name(scope, 'conv2d')}/kernel"] = f"{conv}/kernel"
+            source_bn = tf1_name(scope, "batch_normalization")
             for weight in BN_WEIGHTS:
                 mapping[f"{source_bn}/{weight}"] = f"{bn}/{weight}"
 
@@ -236,26 +182,24 @@ def modelgarden_variable_map(config: Config, prefixes: dict[str, str]) -> dict[s
         config: the model's config (a Model Garden flavour).
         prefixes: the checkpoint prefix of each part (see `MODELGARDEN_PREFIXES`).
     """
-    units = spinenet_units(config)
-    # Creation index of each Keras class -> what maskspine layer(s) it is.
-    created: dict[tuple[str, int], tuple[str, Unit, str]] = {}
+    plan = backbone_plan(config)
+    # Creation index of each Keras class -> what maskspine layer(s) it is (layers of unused
+    # blocks count: Model Garden creates them too).
+    created: dict[tuple[str, int], tuple[str, PlannedLayer, str]] = {}
     counts: defaultdict[str, int] = defaultdict(int)
-    for unit in units:
-        if unit.kind == "conv":
+    for layer in plan.layers:
+        if layer.kind == "conv":
             for role, cls in (("conv", "Conv2D"), ("bn", "BatchNormalization")):
-                created[(cls, counts[cls])] = (role, unit, f"{unit.name}_{role}")
+                created[(cls, counts[cls])] = (role, layer, f"{layer.name}_{role}")
                 counts[cls] += 1
         else:
-            cls = _MG_CLASSES[unit.kind]
-            created[(cls, counts[cls])] = ("block", unit, unit.name)
+            cls = _MG_CLASSES[layer.kind]
+            created[(cls, counts[cls])] = ("block", layer, layer.name)
             counts[cls] += 1
-    repeats = SCALING_MAP[config.backbone.arch]["block_repeats"]
-    if config.backbone.block_repeats is not None:
-        repeats = config.backbone.block_repeats
     mapping: dict[str, str] = {}
     backbone = prefixes["backbone"]
-    for position, key in enumerate(modelgarden_backbone_order(repeats)):
-        role, unit, target = created[key]
+    for position, key in enumerate(modelgarden_backbone_order(plan.block_repeats)):
+        role, layer, target = created[key]
         source = f"{backbone}layer_with_weights-{position}/"
         if role == "conv":
             mapping[f"{source}kernel{_MG_VALUE}"] = f"{target}/kernel"
@@ -264,9 +208,9 @@ def modelgarden_variable_map(config: Config, prefixes: dict[str, str]) -> dict[s
                 mapping[f"{source}{weight}{_MG_VALUE}"] = f"{target}/{weight}"
         else:
             for part, (conv, bn) in _MG_BLOCK_PARTS.items():
-                if part == "proj" and not unit.projection:
+                if part == "proj" and not layer.projection:
                     continue
-                if part == "3" and unit.kind == "residual":
+                if part == "3" and layer.kind == "residual":
                     continue
                 mapping[f"{source}{conv}/kernel{_MG_VALUE}"] = f"{target}_{part}_conv/kernel"
                 for weight in BN_WEIGHTS:

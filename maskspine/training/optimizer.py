@@ -2,12 +2,10 @@
 
 Warm-up: the rate grows linearly from `lr * warmup_ratio` at step 0 to `lr` at
 `warmup_step`; then `multistep` divides by 10 at each epoch in `lr_steps`, or
-`cosine` decays to `min_lr` at the last step.
+`cosine` decays to `min_lr` at the last step (Keras' `CosineDecay`, see `warmup_cosine`).
 """
 
 from __future__ import annotations
-
-import math
 
 import keras
 import tensorflow as tf
@@ -54,34 +52,24 @@ class WarmupMultiStep(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-@keras.saving.register_keras_serializable(package="maskspine")
-class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up then cosine decay from `lr` (at warm-up end) to `min_lr` at `total_steps`."""
+def warmup_cosine(
+    lr: float, warmup_steps: int, warmup_ratio: float, total_steps: int, min_lr: float
+) -> keras.optimizers.schedules.CosineDecay:
+    """Linear warm-up from `lr * warmup_ratio` (step 0) to `lr` (step `warmup_steps`), then
+    cosine decay to `min_lr` at step `total_steps`, constant after: Keras' `CosineDecay`,
+    whose warm-up starts at its `initial_learning_rate` and ends at `warmup_target`, and
+    whose decay ends at `alpha * warmup_target`.
 
-    def __init__(
-        self, lr: float, warmup_steps: int, warmup_ratio: float, total_steps: int, min_lr: float
-    ):
-        self.lr = float(lr)
-        self.warmup_steps = int(warmup_steps)
-        self.warmup_ratio = float(warmup_ratio)
-        self.total_steps = int(total_steps)
-        self.min_lr = float(min_lr)
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        span = max(self.total_steps - self.warmup_steps, 1)
-        progress = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
-        rate = self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + tf.cos(math.pi * progress))
-        return _warmup(rate, step, self.lr, self.warmup_steps, self.warmup_ratio)
-
-    def get_config(self) -> dict:
-        return {
-            "lr": self.lr,
-            "warmup_steps": self.warmup_steps,
-            "warmup_ratio": self.warmup_ratio,
-            "total_steps": self.total_steps,
-            "min_lr": self.min_lr,
-        }
+    The one difference kept: Keras refuses a decay of 0 steps; a run no longer than its
+    warm-up (`total_steps <= warmup_steps`, short test runs) decays over one step instead.
+    """
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=lr * warmup_ratio,
+        decay_steps=max(total_steps - warmup_steps, 1),
+        alpha=min_lr / lr,
+        warmup_target=lr,
+        warmup_steps=warmup_steps,
+    )
 
 
 def _warmup(rate, step, lr: float, warmup_steps: int, warmup_ratio: float):
@@ -103,7 +91,7 @@ def learning_rate_schedule(
             config.warmup_ratio,
             [epoch * steps_per_epoch for epoch in config.lr_steps],
         )
-    return WarmupCosine(
+    return warmup_cosine(
         config.lr,
         config.warmup_step,
         config.warmup_ratio,

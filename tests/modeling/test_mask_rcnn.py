@@ -31,39 +31,71 @@ def test_build_model_is_exported_at_the_top_level(tiny_config):
     assert maskspine.build_model(tiny_config).count_params() > 0
 
 
+def numpy_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one yxyx box with each of [N, 4] boxes."""
+    top_left = np.maximum(box[:2], boxes[:, :2])
+    bottom_right = np.minimum(box[2:], boxes[:, 2:])
+    intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return intersection / (area + areas - intersection)
+
+
+def seeded_model(config, seed: int = 0):
+    """A fresh model with seeded weights: its untrained class scores are about
+    1 / num_classes, far above the tests' score threshold, so it detects."""
+    keras.utils.set_random_seed(seed)
+    config.test_cfg.rcnn.score_thr = 0.01
+    return build_mask_rcnn(config)
+
+
 def test_inference_outputs_follow_the_contract(tiny_config):
-    model = build_mask_rcnn(tiny_config)
+    model = seeded_model(tiny_config)
     batch, _ = make_batch(2)
     out = tf.function(model)(tf.constant(batch["images"]))
-    d = tiny_config.test_cfg.rcnn.max_per_img
+    rcnn = tiny_config.test_cfg.rcnn
+    d = rcnn.max_per_img
     assert out["detection_boxes"].shape == (2, d, 4)
     assert out["detection_scores"].shape == (2, d)
     assert out["detection_classes"].shape == (2, d) and out["detection_classes"].dtype == tf.int32
     assert out["num_detections"].shape == (2,) and out["num_detections"].dtype == tf.int32
     assert out["detection_masks"].shape == (2, d, 28, 28)
-    boxes = out["detection_boxes"].numpy()
-    assert (boxes >= 0).all() and (boxes <= 128).all()
     masks = out["detection_masks"].numpy()
     assert (masks >= 0).all() and (masks <= 1).all()
     classes = out["detection_classes"].numpy()
     for b in range(2):
         n = int(out["num_detections"][b])
+        assert n > 0
+        boxes = out["detection_boxes"][b, :n].numpy()
+        assert (boxes >= 0).all() and (boxes <= 128).all()
+        assert (boxes[:, 2:] > boxes[:, :2]).all()  # not empty
         assert ((classes[b, :n] >= 1) & (classes[b, :n] < tiny_config.num_classes)).all()
         assert (classes[b, n:] == 0).all()
         scores = out["detection_scores"][b, :n].numpy()
-        assert (np.diff(scores) <= 1e-6).all() and (
-            scores >= tiny_config.test_cfg.rcnn.score_thr
-        ).all()
+        assert (np.diff(scores) <= 1e-6).all() and (scores >= rcnn.score_thr).all()
+        # Class-wise NMS: no two kept boxes of a class overlap more than its IoU threshold.
+        for label in np.unique(classes[b, :n]):
+            kept = boxes[classes[b, :n] == label]
+            for i in range(len(kept) - 1):
+                assert (numpy_iou(kept[i], kept[i + 1 :]) <= rcnn.iou_threshold + 1e-4).all()
 
 
 def test_image_info_clips_boxes_to_the_scaled_image(tiny_config):
-    model = build_mask_rcnn(tiny_config)
+    model = seeded_model(tiny_config)
     batch, _ = make_batch(1)
+    unclipped = model(batch["images"])
+    n = int(unclipped["num_detections"][0])
+    boxes = unclipped["detection_boxes"].numpy()[0, :n]
+    assert ((boxes[:, 2] > 64) | (boxes[:, 3] > 96)).any()  # some reach beyond 64x96
     info = batch["image_info"].copy()
     info[0, 1] = [64, 96]  # image occupies the top-left 64x96 of the padded input
     out = model({"images": batch["images"], "image_info": info})
-    boxes = out["detection_boxes"].numpy()[0, : int(out["num_detections"][0])]
+    n = int(out["num_detections"][0])
+    assert n > 0
+    boxes = out["detection_boxes"].numpy()[0, :n]
     assert (boxes[:, 2] <= 64 + 1e-4).all() and (boxes[:, 3] <= 96 + 1e-4).all()
+    # Clipped, not merely smaller: some boxes end exactly on the scaled image's border.
+    assert (np.isclose(boxes[:, 2], 64) | np.isclose(boxes[:, 3], 96)).any()
 
 
 def test_losses_are_finite_and_every_weight_gets_a_gradient(tiny_config):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maskspine.modeling.spinenet import SCALING_MAP, build_spinenet
+from maskspine.modeling.spinenet import SCALING_MAP, build_spinenet, spinenet_plan
 
 MODEL_GARDEN_PARAMS = {
     "49S": 9_146_351,
@@ -152,3 +152,97 @@ def test_stochastic_depth_drops_whole_samples_and_keeps_the_mean():
     assert (per_sample.min(axis=1) == per_sample.max(axis=1)).all()
     assert abs(per_sample.mean() - 1.0) < 0.1
     np.testing.assert_array_equal(layer(x, training=False).numpy(), x)
+
+
+# --------------------------------------------------------------------------- build plan
+
+
+def test_plan_starts_in_the_originals_build_order():
+    """Read off SPINENET_BLOCK_SPECS by hand: the stem, the stem blocks (the first projects
+    64 channels to 256), then block spec 0 (level 2 from two level-2 stem blocks: reduce and
+    expand only) and block spec 1 (level 4 from level 2: a stride-2 conv in between)."""
+    plan = spinenet_plan("49")
+    expected = [
+        ("stem", "stem", "conv", False),
+        ("stem_block", "stem_block1", "bottleneck", True),
+        ("stem_block", "stem_block2", "bottleneck", False),
+        ("resample_reduce", "block1_in0_reduce", "conv", False),
+        ("resample_expand", "block1_in0_expand", "conv", False),
+        ("resample_reduce", "block1_in1_reduce", "conv", False),
+        ("resample_expand", "block1_in1_expand", "conv", False),
+        ("block", "block1", "bottleneck", False),
+        ("resample_reduce", "block2_in0_reduce", "conv", False),
+        ("resample_down", "block2_in0_down", "conv", False),
+        ("resample_expand", "block2_in0_expand", "conv", False),
+    ]
+    got = [(layer.role, layer.name, layer.kind, layer.projection) for layer in plan.layers]
+    assert got[: len(expected)] == expected
+    assert [layer.name for layer in plan.layers[-5:]] == [
+        f"endpoint_P{level}" for level in range(3, 8)
+    ]
+    # 1 stem conv + 2 stem blocks + 16 blocks + 5 endpoints + the resampling convs: two
+    # connections per block, reduce + expand each, plus a stride-2 conv per connection
+    # going to a coarser level (16 of the 32 in the block specs).
+    assert len(plan.layers) == 1 + 2 + 16 + 5 + 32 * 2 + 16
+
+
+def test_plan_repeats_name_each_block_of_a_group():
+    plan = spinenet_plan("96")  # block_repeats 2
+    names = [layer.name for layer in plan.layers if layer.block == 2]
+    assert names == ["block1_in0_reduce", "block1_in0_expand", "block1_in1_reduce",
+                     "block1_in1_expand", "block1_1", "block1_2"]  # fmt: skip
+    assert [layer.projection for layer in plan.layers if layer.role == "stem_block"] == [
+        True, False, False, False,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("min_level", "max_level"), [(3, 7), (2, 6), (4, 6), (2, 7)])
+def test_plan_is_what_the_builder_creates_in_creation_order(monkeypatch, min_level, max_level):
+    """Every Conv2D the builder creates, in order, is the plan's (unused blocks included:
+    the functional model prunes them); the model holds exactly the used ones."""
+    import keras
+
+    created = []
+    init = keras.layers.Conv2D.__init__
+
+    def recording_init(self, *args, **kwargs):
+        created.append(kwargs["name"])
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.layers.Conv2D, "__init__", recording_init)
+    overrides = dict(filter_size_scale=0.125, endpoints_num_filters=8, block_repeats=2)
+    model = build_spinenet("49", (128, 128, 3), min_level, max_level, **overrides)
+    plan = spinenet_plan("49", min_level, max_level, **overrides)
+    planned = [conv for layer in plan.layers for conv, _ in layer.weight_layer_names()]
+    assert created == planned
+    used = {name for layer in plan.layers if layer.used for pair in layer.weight_layer_names()
+            for name in pair}  # fmt: skip
+    in_model = {layer.name for layer in model.layers if layer.weights}
+    assert in_model == used
+    unused = {layer.name.split("_")[0] for layer in plan.layers if not layer.used}
+    assert ("block16" in unused) == (min_level > 2)  # the level-2 output block
+    assert ("block12" in unused) == (min_level > 3)  # level 3, read only by block 16
+
+
+# --------------------------------------------------------------------------- input size
+
+
+def test_the_input_size_rule_is_128_whatever_max_level(monkeypatch):
+    """Level-7 blocks are built even for max_level 6 and merged into level 5: at 192 (a
+    multiple of 2**6) they are ceil(192 / 128) = 2 cells, upsampled 4x to 8, against
+    192 / 32 = 6 at level 5. So 128 is the rule, and the config agrees."""
+    from maskspine import config as config_module
+    from maskspine.modeling import spinenet
+
+    assert spinenet.INPUT_SIZE_DIVISOR == config_module.SPINENET_INPUT_SIZE_DIVISOR == 128
+    small = dict(filter_size_scale=0.125, endpoints_num_filters=8)
+    with pytest.raises(ValueError, match=r"192x192 is not divisible by 128"):
+        build_spinenet("49", (192, 192, 3), max_level=6, **small)
+    model = build_spinenet("49", (256, 384, 3), max_level=6, **small)
+    assert {k: tuple(v.shape[1:3]) for k, v in model.output.items()} == {
+        f"P{level}": (256 >> level, 384 >> level) for level in range(3, 7)
+    }
+    # Without the check, the merge of the upsampled level-7 map fails (why 2**6 is not enough).
+    monkeypatch.setattr(spinenet, "INPUT_SIZE_DIVISOR", 64)
+    with pytest.raises(ValueError, match=r"incompatible shapes.*\(6, 6, \d+\) and \(8, 8, \d+\)"):
+        build_spinenet("49", (192, 192, 3), max_level=6, **small)

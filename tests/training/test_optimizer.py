@@ -12,10 +12,10 @@ from model_fixtures import REPO
 
 from maskspine.config import load_config
 from maskspine.training.optimizer import (
-    WarmupCosine,
     WarmupMultiStep,
     build_optimizer,
     learning_rate_schedule,
+    warmup_cosine,
 )
 
 CONFIG = os.path.join(REPO, "configs", "mask_rcnn_49_640.yaml")
@@ -47,21 +47,48 @@ def test_reference_log_learning_rates_are_reproduced():
 
 
 def test_cosine_schedule_values():
-    schedule = WarmupCosine(
+    schedule = warmup_cosine(
         lr=0.02, warmup_steps=100, warmup_ratio=0.1, total_steps=1100, min_lr=0.0002
     )
     assert float(schedule(0)) == pytest.approx(0.002)
+    assert float(schedule(50)) == pytest.approx(0.002 + 0.5 * (0.02 - 0.002))
     assert float(schedule(100)) == pytest.approx(0.02)
     middle = 0.0002 + 0.5 * (0.02 - 0.0002) * (1 + math.cos(math.pi * 0.5))
     assert float(schedule(600)) == pytest.approx(middle, rel=1e-5)
+    quarter = 0.0002 + 0.5 * (0.02 - 0.0002) * (1 + math.cos(math.pi * 0.25))
+    assert float(schedule(350)) == pytest.approx(quarter, rel=1e-5)
     assert float(schedule(1100)) == pytest.approx(0.0002, rel=1e-5)
     assert float(schedule(5000)) == pytest.approx(0.0002, rel=1e-5)
+
+
+def reference_cosine(step, lr, warmup_steps, warmup_ratio, total_steps, min_lr):
+    """The schedule as the module docstring states it, in plain Python."""
+    if step < warmup_steps:
+        return lr * (warmup_ratio + (1 - warmup_ratio) * step / warmup_steps)
+    progress = min(max((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0), 1.0)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+@pytest.mark.parametrize(
+    ("warmup_steps", "warmup_ratio", "total_steps"),
+    [(0, 0.1, 40), (10, 0.0, 40), (10, 0.5, 10), (10, 0.1, 4)],
+    ids=["no-warmup", "from-zero", "run-ends-with-warmup", "run-shorter-than-warmup"],
+)
+def test_cosine_schedule_from_the_config_every_step(warmup_steps, warmup_ratio, total_steps):
+    config = load_config(CONFIG, [
+        "lr_type=cosine", "lr=0.04", "min_lr=0.001", f"warmup_step={warmup_steps}",
+        f"warmup_ratio={warmup_ratio}", "epoch_size=2",
+    ])  # fmt: skip
+    schedule = learning_rate_schedule(config, steps_per_epoch=total_steps // 2)
+    for step in range(max(total_steps, warmup_steps) + 5):
+        expected = reference_cosine(step, 0.04, warmup_steps, warmup_ratio, total_steps, 0.001)
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-9), step
 
 
 def test_schedules_serialize():
     for schedule in (
         WarmupMultiStep(0.1, 10, 0.1, [50, 80]),
-        WarmupCosine(0.1, 10, 0.1, 100, 0.001),
+        warmup_cosine(0.1, 10, 0.1, 100, 0.001),
     ):
         clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
         assert float(clone(60)) == pytest.approx(float(schedule(60)))
