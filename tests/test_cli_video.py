@@ -195,3 +195,14 @@ def test_camera_with_max_frames_and_ctrl_c(workspace, tmp_path, monkeypatch):
     assert 5 <= len(entries) == cameras[-1].given < 200
     with av.open(str(tmp_path / "b.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == len(entries)
+
+
+def test_precision_applies_to_videos(workspace, tmp_path):
+    # Before: --precision was ignored for video and camera input.
+    code, out, err = invoke(
+        "infer", "--checkpoint", workspace / "run", "--input", workspace / "clip.mp4",
+        "--output", tmp_path / "p.json", "--precision", "bfloat16", "--max-frames", "2",
+    )  # fmt: skip
+    assert code == 0, out + err
+    assert "(bfloat16)" in out.splitlines()[0]
+    assert len(json.loads((tmp_path / "p.json").read_text())) == 2
