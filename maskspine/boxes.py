@@ -52,39 +52,25 @@ def xywh_to_yxyx(boxes) -> np.ndarray:
 BOX_FORMATS = ("yxyx", "xyxy", "xywh")
 
 
-def _check_format(box_format: str) -> None:
-    if box_format not in BOX_FORMATS:
-        raise ValueError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
-
-
-def yxyx_to(boxes, box_format: str) -> np.ndarray:
-    """(y1, x1, y2, x2) -> `box_format` (one of `BOX_FORMATS`).
+def convert_boxes(boxes, source: str, target: str) -> np.ndarray:
+    """Boxes from one of `BOX_FORMATS` to another (through yxyx).
 
     Args:
-        boxes: [..., 4] array-like.
+        boxes: [..., 4] array-like in `source` format.
     Returns:
-        [..., 4] numpy array.
+        [..., 4] numpy array in `target` format.
     """
-    _check_format(box_format)
+    for box_format in (source, target):
+        if box_format not in BOX_FORMATS:
+            raise ValueError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
     boxes = _as_float_array(boxes)
-    if box_format == "xywh":
-        return yxyx_to_xywh(boxes)
-    return boxes[..., [1, 0, 3, 2]] if box_format == "xyxy" else boxes
-
-
-def to_yxyx(boxes, box_format: str) -> np.ndarray:
-    """`box_format` (one of `BOX_FORMATS`) -> (y1, x1, y2, x2).
-
-    Args:
-        boxes: [..., 4] array-like.
-    Returns:
-        [..., 4] numpy array.
-    """
-    _check_format(box_format)
-    boxes = _as_float_array(boxes)
-    if box_format == "xywh":
-        return xywh_to_yxyx(boxes)
-    return boxes[..., [1, 0, 3, 2]] if box_format == "xyxy" else boxes
+    if source == target:
+        return boxes
+    if source != "yxyx":  # to yxyx
+        boxes = xywh_to_yxyx(boxes) if source == "xywh" else boxes[..., [1, 0, 3, 2]]
+    if target != "yxyx":  # from yxyx (xyxy swaps the axes both ways)
+        boxes = yxyx_to_xywh(boxes) if target == "xywh" else boxes[..., [1, 0, 3, 2]]
+    return boxes
 
 
 def box_overlaps(boxes1, boxes2) -> tuple[np.ndarray, np.ndarray]:

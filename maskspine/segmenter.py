@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from maskspine.boxes import BOX_FORMATS, to_yxyx, yxyx_to
+from maskspine.boxes import BOX_FORMATS, convert_boxes
 from maskspine.data.images import read_image
 from maskspine.errors import DataError, InferenceError
 from maskspine.formats import to_reference_json
@@ -112,7 +112,7 @@ class ImagePrediction:
         instances = [
             {"box_yxyx": box, "score": score, "label": int(label) + 1, "rle": rle}
             for box, score, label, rle in zip(
-                to_yxyx(self.boxes, self.box_format), self.scores, self.labels, rles
+                convert_boxes(self.boxes, self.box_format, "yxyx"), self.scores, self.labels, rles
             )
         ]
         return to_reference_json(instances, (self.height, self.width), names, category_ids)
@@ -320,7 +320,7 @@ class Segmenter:
             source=source,
             height=height,
             width=width,
-            boxes=yxyx_to(boxes, box_format).astype(np.float32),
+            boxes=convert_boxes(boxes, "yxyx", box_format).astype(np.float32),
             box_format=box_format,
             scores=scores,
             labels=index,

@@ -34,7 +34,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from maskspine.boxes import to_yxyx
+from maskspine.boxes import convert_boxes
 from maskspine.data.images import read_image
 from maskspine.errors import DataError, InferenceError
 from maskspine.files import StagedOutputs, check_outputs
@@ -91,7 +91,7 @@ def _text_colour(colour: Sequence[float]) -> str:
 
 
 def _to_yxyx(boxes: np.ndarray, box_format: str) -> np.ndarray:
-    return to_yxyx(np.asarray(boxes, np.float64).reshape(-1, 4), box_format)
+    return convert_boxes(np.asarray(boxes, np.float64).reshape(-1, 4), box_format, "yxyx")
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:

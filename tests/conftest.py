@@ -29,6 +29,17 @@ def tiny_config():
     return load_config(os.path.join(REPO, "configs", "shapes_demo.yaml"), TINY_OVERRIDES)
 
 
+@pytest.fixture
+def inference_config(tiny_config):
+    """The tiny config with the category ids of a data set (11, 22, 33) and batches of 2."""
+    import dataclasses
+
+    config = dataclasses.replace(tiny_config)
+    config.category_ids = [11, 22, 33]
+    config.test_batch_size = 2
+    return config
+
+
 # Grappler's graph optimisations take a third of the time of a test that traces a training
 # step and change results only by float rounding: tests run without them. The processes the
 # tests start (notebook kernels, CLI subprocesses) and every use outside the tests keep them.

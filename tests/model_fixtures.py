@@ -107,3 +107,20 @@ def make_batch(
         "gt_masks": masks,
     }
     return batch, truth
+
+
+def write_run(folder, config):
+    """A run directory as training writes it: `config.yaml` and one periodic checkpoint of a
+    fresh model of `config`. Returns the folder."""
+    from pathlib import Path
+
+    from maskspine.checkpoints import save_weights_atomic
+    from maskspine.config import save_config
+    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+
+    folder = Path(folder)
+    save_config(config, folder / "config.yaml")
+    save_weights_atomic(
+        build_mask_rcnn(config), folder / "checkpoints" / "ckpt-00000001.weights.h5"
+    )
+    return folder

@@ -29,15 +29,19 @@ def test_converters_need_four_coordinates():
 
 
 def test_box_formats_both_ways():
-    from maskspine.boxes import to_yxyx, yxyx_to
+    from maskspine.boxes import convert_boxes
 
     yxyx = np.array([[10.0, 20.0, 40.0, 80.0]])
-    np.testing.assert_allclose(yxyx_to(yxyx, "xyxy"), [[20.0, 10.0, 80.0, 40.0]])
-    np.testing.assert_allclose(yxyx_to(yxyx, "xywh"), [[20.0, 10.0, 60.0, 30.0]])
+    np.testing.assert_allclose(convert_boxes(yxyx, "yxyx", "xyxy"), [[20.0, 10.0, 80.0, 40.0]])
+    np.testing.assert_allclose(convert_boxes(yxyx, "yxyx", "xywh"), [[20.0, 10.0, 60.0, 30.0]])
+    np.testing.assert_allclose(
+        convert_boxes([[20.0, 10.0, 80.0, 40.0]], "xyxy", "xywh"), [[20.0, 10.0, 60.0, 30.0]]
+    )
     for box_format in ("yxyx", "xyxy", "xywh"):
-        np.testing.assert_allclose(to_yxyx(yxyx_to(yxyx, box_format), box_format), yxyx)
+        there = convert_boxes(yxyx, "yxyx", box_format)
+        np.testing.assert_allclose(convert_boxes(there, box_format, "yxyx"), yxyx)
     with pytest.raises(ValueError, match="box_format"):
-        yxyx_to(yxyx, "cxcywh")
+        convert_boxes(yxyx, "yxyx", "cxcywh")
 
 
 def test_box_overlaps_match_pycocotools():

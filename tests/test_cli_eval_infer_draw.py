@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
-from model_fixtures import REPO, TINY_OVERRIDES
+from model_fixtures import REPO, TINY_OVERRIDES, write_run
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -29,9 +29,7 @@ CATEGORY_IDS = [1, 2, 3]
 def workspace(tmp_path_factory):
     """`val/` (6 shapes images, COCO-format), `run/` (config.yaml + one checkpoint of a tiny
     fresh model) and a data cache folder."""
-    from maskspine.checkpoints import save_weights_atomic
-    from maskspine.config import load_config, save_config
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.config import load_config
 
     root = tmp_path_factory.mktemp("cli")
     spec = ShapesSpec(min_image_size=64, max_image_size=96, min_shape_size=16, max_shapes=3)
@@ -46,10 +44,7 @@ def workspace(tmp_path_factory):
             "test_cfg.rcnn.max_per_img=20",  # fewer detections: faster post-processing
         ],
     )
-    save_config(config, root / "run" / "config.yaml")
-    save_weights_atomic(
-        build_mask_rcnn(config), root / "run" / "checkpoints" / "ckpt-00000001.weights.h5"
-    )
+    write_run(root / "run", config)
     return root
 
 

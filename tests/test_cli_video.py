@@ -8,7 +8,7 @@ import json
 import os
 
 import pytest
-from model_fixtures import REPO, TINY_OVERRIDES
+from model_fixtures import REPO, TINY_OVERRIDES, write_run
 from PIL import Image
 from test_video import HEIGHT, RATE, WIDTH, FakeCamera, write_video
 from typer.testing import CliRunner
@@ -21,19 +21,14 @@ av = pytest.importorskip("av")
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """`run/` (config.yaml + one checkpoint of a tiny fresh model) and `clip.mp4` (10 frames)."""
-    from maskspine.checkpoints import save_weights_atomic
-    from maskspine.config import load_config, save_config
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.config import load_config
 
     root = tmp_path_factory.mktemp("cli_video")
     config = load_config(
         os.path.join(REPO, "configs", "shapes_demo.yaml"),
         [*TINY_OVERRIDES, "test_batch_size=4", "test_cfg.rcnn.max_per_img=5"],
     )
-    save_config(config, root / "run" / "config.yaml")
-    save_weights_atomic(
-        build_mask_rcnn(config), root / "run" / "checkpoints" / "ckpt-00000001.weights.h5"
-    )
+    write_run(root / "run", config)
     write_video(root / "clip.mp4", 10)
     return root
 

@@ -27,11 +27,8 @@ def _pixels(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture
-def config(tiny_config):
-    config = dataclasses.replace(tiny_config)
-    config.category_ids = [11, 22, 33]
-    config.test_batch_size = 2
-    return config
+def config(inference_config):
+    return inference_config
 
 
 # --------------------------------------------------------------------------- image files

@@ -5,7 +5,6 @@ same predictions as the JSON that `maskspine infer` writes."""
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import os
 import weakref
@@ -13,7 +12,7 @@ import weakref
 import numpy as np
 import pytest
 from fake_models import FixedDetections
-from model_fixtures import REPO, TINY_OVERRIDES
+from model_fixtures import REPO, TINY_OVERRIDES, write_run
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -24,11 +23,8 @@ from maskspine.segmenter import ImagePrediction, Segmenter
 
 
 @pytest.fixture
-def config(tiny_config):
-    config = dataclasses.replace(tiny_config)
-    config.category_ids = [11, 22, 33]
-    config.test_batch_size = 2
-    return config
+def config(inference_config):
+    return inference_config
 
 
 def _fake():
@@ -107,17 +103,14 @@ def test_draw_gives_the_picture_with_the_masks_tinted(config):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from maskspine.checkpoints import save_weights_atomic
-    from maskspine.config import load_config, save_config
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.config import load_config
 
     root = tmp_path_factory.mktemp("segmenter")
     config = load_config(
         os.path.join(REPO, "configs", "shapes_demo.yaml"),
         [*TINY_OVERRIDES, "test_cfg.rcnn.max_per_img=10", "test_cfg.rcnn.score_thr=0.0"],
     )
-    save_config(config, root / "run" / "config.yaml")
-    save_weights_atomic(build_mask_rcnn(config), root / "run" / "checkpoints" / "ckpt-1.weights.h5")
+    write_run(root / "run", config)
     Image.fromarray(_tall()).save(root / "tall.png")
     return root
 
