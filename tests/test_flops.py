@@ -1,0 +1,106 @@
+"""FLOP counting (`maskspine.flops`): single layers against hand counts, gradients, nested
+graphs, and SpineNet-49 against a count of its layers' shapes made here and against
+TensorFlow's own profiler."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from maskspine.flops import count_flops, host_peaks, measure_peaks, share_of_peak
+
+
+def test_a_convolution_a_dense_layer_and_a_transposed_convolution_by_hand():
+    x = tf.zeros([2, 32, 32, 16])
+    conv = keras.layers.Conv2D(8, 3, strides=2, padding="same")
+    conv.build(x.shape)
+    count = count_flops(lambda x: conv(x), x)
+    assert count.dense == 2 * (2 * 16 * 16 * 8) * (3 * 3 * 16)  # 2 x outputs x window x C_in
+    assert count.by_op["Conv2D"] == count.dense == count.conv and count.matmul == 0
+    dense = keras.layers.Dense(10)
+    dense.build((5, 64))
+    assert count_flops(lambda v: dense(v), tf.zeros([5, 64])).matmul == 2 * 5 * 64 * 10
+    up = keras.layers.Conv2DTranspose(4, 2, strides=2)
+    up.build(x.shape)
+    # A transposed convolution is the gradient of the convolution it inverts: 2 x its input
+    # elements (the forward convolution's outputs) x window x its output channels.
+    assert count_flops(lambda x: up(x), x).dense == 2 * (2 * 32 * 32 * 16) * (2 * 2 * 4)
+    depthwise = keras.layers.DepthwiseConv2D(3, padding="same")
+    depthwise.build(x.shape)
+    assert count_flops(lambda x: depthwise(x), x).dense == 2 * (2 * 32 * 32 * 16) * 9
+
+
+def test_gradients_count_twice_the_forward_work_and_nested_functions_count():
+    x = tf.zeros([1, 16, 16, 8])
+    w = tf.zeros([3, 3, 8, 4])
+
+    @tf.function
+    def inner(x, w):
+        return tf.nn.conv2d(x, w, 1, "SAME")
+
+    def step(x, w):
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            loss = tf.reduce_sum(inner(x, w))
+        return tape.gradient(loss, [x, w])
+
+    forward = 2 * (16 * 16 * 4) * (3 * 3 * 8)
+    count = count_flops(step, x, w)
+    assert count.dense == 3 * forward  # forward, input gradient, filter gradient
+    assert set(count.by_op) >= {"Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"}
+    assert count.other > 0  # the sum, the loss gradient's fill
+
+
+def test_spinenet_49_against_its_layers_and_tensorflows_profiler():
+    from tensorflow.python.profiler import model_analyzer, option_builder
+
+    from maskspine.modeling.spinenet import build_spinenet
+
+    backbone = build_spinenet("49", (256, 256, 3))
+    images = tf.zeros([1, 256, 256, 3])
+    function = tf.function(lambda x: backbone(x, training=False))
+    count = count_flops(function, images)
+    # Independently: every Conv2D layer of the model, from its output and kernel shapes.
+    by_layers = 0
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, height, width, filters = layer.output.shape
+            kernel_h, kernel_w, channels, _ = layer.kernel.shape
+            by_layers += 2 * height * width * filters * kernel_h * kernel_w * channels
+    assert count.dense == count.conv == by_layers
+    assert 5e9 < count.dense < 2e10  # about 4.5 G multiply-adds at 256 x 256
+    options = option_builder.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    options["account_type_regexes"] = ["Conv2D"]
+    profiled = model_analyzer.profile(function.get_concrete_function(images).graph, options=options)
+    assert count.dense == profiled.total_float_ops
+
+
+def test_peaks_are_measured_once_and_share_of_peak_is_ideal_over_actual(monkeypatch, tmp_path):
+    import maskspine.flops as flops
+
+    monkeypatch.setenv("MASKSPINE_DATA_DIR", str(tmp_path))
+    calls = []
+
+    def fake_measure(precision):
+        calls.append(precision)
+        return {"conv": 100e9, "matmul": 200e9}
+
+    monkeypatch.setattr(flops, "measure_peaks", fake_measure)
+    assert host_peaks("float32") == {"conv": 100e9, "matmul": 200e9}
+    assert host_peaks("float32") == {"conv": 100e9, "matmul": 200e9}
+    host_peaks("bfloat16")
+    assert calls == ["float32", "bfloat16"]  # cached per precision
+    count = flops.FlopCount()
+    count.add("Conv2D", 50_000_000_000, dense=True)  # 0.5 s at the conv peak
+    count.add("MatMul", 20_000_000_000, dense=True)  # 0.1 s at the matmul peak
+    assert share_of_peak(count, 1.2, host_peaks()) == pytest.approx(0.5)
+
+
+@pytest.mark.slow  # a real calibration: a few seconds of convolutions and matrix products
+def test_measured_peaks_are_plausible():
+    peaks = measure_peaks("float32")
+    assert 1e9 < peaks["conv"] < 1e13 and 1e9 < peaks["matmul"] < 1e13
+    assert np.isfinite(list(peaks.values())).all()
