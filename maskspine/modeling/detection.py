@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from maskspine.modeling import box_ops
-from maskspine.modeling.nms import NMS_RULES, combined_nms, padded_nms
+from maskspine.modeling.nms import NMS_RULES, combined_nms, padded_nms, sort_candidates
 
 
 def detect_boxes(
@@ -114,7 +114,10 @@ def _padded_per_class_nms(
     )  # [B, C, N, 4]
     # Per class: sorted by score (ties to the lower index), boxes at or below the score
     # threshold turned into zero "dots" that the padded NMS never selects.
-    sorted_scores, order = tf.math.top_k(per_class_scores, k=num_boxes, sorted=True)
+    if implementation == "tiled":
+        sorted_scores, order = sort_candidates(per_class_scores, score_thr)
+    else:
+        sorted_scores, order = tf.math.top_k(per_class_scores, k=num_boxes, sorted=True)
     # Only boxes above the threshold can be selected or suppress: the NMS runs on the
     # longest such prefix over the classes (the rest of each row would be dots).
     above = sorted_scores > score_thr

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from maskspine.modeling.detection import detect_boxes
-from maskspine.modeling.nms import combined_nms, padded_nms, tiled_nms
+from maskspine.modeling.nms import combined_nms, padded_nms, sort_candidates, tiled_nms
 from maskspine.modeling.rpn import generate_proposals
 
 
@@ -90,6 +90,23 @@ def test_tiled_nms_rules_differ_at_equal_iou():
             boxes, np.ones((1, 3), bool), max_output_size=3, iou_threshold=0.5, rule=rule
         )
         assert indices.numpy()[0, : int(num_valid[0])].tolist() == kept
+
+
+@pytest.mark.parametrize("most", [0, 40, 64, 65, 200, 256, 257, 600])
+def test_sort_candidates_orders_the_candidates_as_a_stable_sort(most):
+    rng = np.random.default_rng(most)
+    scores = rng.uniform(0, 0.5, (3, 600)).astype(np.float32)
+    for row, count in enumerate([most, most // 2, 0]):
+        scores[row, rng.permutation(600)[:count]] = rng.uniform(0.51, 1, count).round(2)  # ties
+    assert (scores > 0.5).sum(axis=1).max() == most
+    compiled = tf.function(lambda s: sort_candidates(s, 0.5), jit_compile=True)
+    for values, order in (sort_candidates(scores, 0.5), compiled(scores)):
+        for row in range(3):
+            count = int((scores[row] > 0.5).sum())
+            expected = np.argsort(-scores[row], kind="stable")[:count]
+            np.testing.assert_array_equal(order.numpy()[row, :count], expected)
+            np.testing.assert_array_equal(values.numpy()[row, :count], scores[row, expected])
+            assert (values.numpy()[row, count:] <= 0.5).all()
 
 
 def combined_both(boxes, scores, **kwargs):
