@@ -14,8 +14,10 @@ table, per-box corner indices and interpolation kernels, one gather); the border
 are chosen by the caller: torchvision's RoIAlign (`roi_align_samples`) or
 `tf.image.crop_and_resize`'s (`crop_and_resize_samples`).
 
-Memory: the four corner gathers are [K, P, Q, C] each (four times the samples of one
-crop_and_resize), summed one after the other.
+Memory and speed: a grid averaged over g x g blocks is 4 g^2 gathers of [K, P/g, Q/g, C]
+(four reads per sample, as crop_and_resize does), summed term by term. XLA fuses them into
+one pass; TensorFlow's graph executor holds each term. The gradient is a scatter-add per
+term, which XLA runs serially on CPU (see `roi_align.multilevel_roi_align` for figures).
 """
 
 from __future__ import annotations
@@ -92,9 +94,16 @@ def crop_and_resize_samples(coords: tf.Tensor, size: tf.Tensor) -> AxisSamples:
 
 
 def gather_bilinear(
-    table: tf.Tensor, offset: tf.Tensor, row_length: tf.Tensor, y: AxisSamples, x: AxisSamples
+    table: tf.Tensor,
+    offset: tf.Tensor,
+    row_length: tf.Tensor,
+    y: AxisSamples,
+    x: AxisSamples,
+    *,
+    group: int = 1,
 ) -> tf.Tensor:
-    """The P x Q grid of bilinear samples of each of K maps stored row-major in `table`.
+    """The P x Q grid of bilinear samples of each of K maps stored row-major in `table`,
+    averaged over blocks of `group` x `group` samples.
 
     Args:
         table: [R, C] float32, every map's pixels one per row (row-major per map).
@@ -102,17 +111,38 @@ def gather_bilinear(
         row_length: [K] int32, the width of that map (table rows per map row).
         y: AxisSamples [K, P] along the map's rows.
         x: AxisSamples [K, Q] along its columns.
+        group: g, static; P and Q multiples of it.
 
     Returns:
-        [K, P, Q, C] float32: sum over the four neighbours of weight_y * weight_x * pixel.
-        Differentiable with respect to `table`.
+        [K, P / g, Q / g, C] float32: per block, the mean over its g x g samples of the sum
+        over each sample's four neighbours of weight_y * weight_x * pixel. The blocks are
+        summed term by term (one gather of [K, P / g, Q / g] pixels per sample offset and
+        neighbour), which XLA fuses into one pass without a strided reduction.
+        Differentiable with respect to `table` (a scatter-add per term).
     """
+    num_rows = y.low.shape[1] // group
+    num_cols = x.low.shape[1] // group
     base = offset[:, None, None]
     stride = row_length[:, None, None]
+    scale = 1.0 / float(group * group)
+
+    def by_block(values, count):  # [K, count * g] -> g tensors [K, count]
+        return tf.unstack(tf.reshape(values, [-1, count, group]), axis=2)
+
+    row_terms = [
+        (rows, weight * scale)
+        for pair in ((y.low, y.low_weight), (y.high, y.high_weight))
+        for rows, weight in zip(by_block(pair[0], num_rows), by_block(pair[1], num_rows))
+    ]
+    col_terms = [
+        (cols, weight)
+        for pair in ((x.low, x.low_weight), (x.high, x.high_weight))
+        for cols, weight in zip(by_block(pair[0], num_cols), by_block(pair[1], num_cols))
+    ]
     result = None
-    for rows, row_weight in ((y.low, y.low_weight), (y.high, y.high_weight)):
-        for cols, col_weight in ((x.low, x.low_weight), (x.high, x.high_weight)):
-            index = base + rows[:, :, None] * stride + cols[:, None, :]  # [K, P, Q]
+    for rows, row_weight in row_terms:
+        for cols, col_weight in col_terms:
+            index = base + rows[:, :, None] * stride + cols[:, None, :]  # [K, P / g, Q / g]
             weight = row_weight[:, :, None, None] * col_weight[:, None, :, None]
             term = weight * tf.gather(table, index)
             result = term if result is None else result + term
