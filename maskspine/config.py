@@ -74,6 +74,12 @@ CHOICES = {
     "train_cfg.rpn_proposal.nms_rule": ("combined", "padded"),
     "test_cfg.rpn.nms_rule": ("combined", "padded"),
     "test_cfg.rcnn.nms_rule": ("combined", "padded"),
+    "roi.roi_layer.method": ("crop_and_resize", "gather"),
+    "mask_roi.roi_layer.method": ("crop_and_resize", "gather"),
+    "train_cfg.rcnn.mask_target_method": ("crop_and_resize", "gather"),
+    "train_cfg.rpn_proposal.nms_implementation": ("tf_image", "tiled"),
+    "test_cfg.rpn.nms_implementation": ("tf_image", "tiled"),
+    "test_cfg.rcnn.nms_implementation": ("tf_image", "tiled"),
     "clip_boxes_to": ("image", "input"),
     "resize_method": ("bilinear", "bilinear_legacy"),
 }
@@ -263,12 +269,18 @@ class RoILayerConfig:
     `models/official/detection/ops/spatial_transform_ops.py` and Model Garden
     `official/vision/ops/spatial_transform_ops.py` (`multilevel_crop_and_resize`,
     sample_offset 0.5, one sample per bin: `sample_num: 1`) samples.
+
+    `method`: "crop_and_resize" (`tf.image.crop_and_resize`, no XLA kernel) or "gather"
+    (bilinear gathers from the flattened levels, the technique of Model Garden's
+    `multilevel_crop_and_resize`; the same values to float rounding, compiles with
+    `jit_compile=True`; on CPU faster forward, slower backward: `multilevel_roi_align`).
     """
 
     type: str = "RoIAlign"
     out_size: int = 7
     sample_num: int = 2
     aligned: bool = True
+    method: str = "crop_and_resize"
 
 
 @dataclass
@@ -331,6 +343,10 @@ class ProposalConfig:
     boxes ranked by sigmoid score, suppressed at IoU >= iou_threshold, boxes with four
     zero coordinates never selected; a level keeps at most `max_per_img`, and the empty
     slots (zero boxes) are passed on as proposals as the originals pass them.
+
+    `nms_implementation`: "tf_image" (TensorFlow's NMS ops) or "tiled" (`nms.tiled_nms`,
+    the tiling of Model Garden's `sorted_non_max_suppression_padded`: the same proposals
+    with static shapes, compiles with `jit_compile=True`).
     """
 
     nms_pre: int = 2000
@@ -339,10 +355,14 @@ class ProposalConfig:
     min_bbox_size: float = 0
     size_filter: bool = True
     nms_rule: str = "combined"
+    nms_implementation: str = "tf_image"
 
 
 @dataclass
 class RCNNTrainConfig:
+    """`mask_target_method`: "crop_and_resize" (`tf.image.crop_and_resize`, no XLA kernel)
+    or "gather" (the same samples read by gathers; compiles with `jit_compile=True`)."""
+
     assigner: AssignerConfig = field(
         default_factory=lambda: AssignerConfig(
             pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5, match_low_quality=True
@@ -354,6 +374,7 @@ class RCNNTrainConfig:
         )
     )
     mask_size: int = 28
+    mask_target_method: str = "crop_and_resize"
 
 
 @dataclass
@@ -375,6 +396,9 @@ class RCNNTestConfig:
     over the classes, ties to the lower class; this is what tensorflow/tpu
     `models/official/detection/ops/postprocess_ops.py` (nms_version v1) and Model Garden
     `official/vision/modeling/layers/detection_generator.py` (nms_version v2) compute.
+
+    `nms_implementation`: "tf_image" (TensorFlow's NMS ops) or "tiled" (`nms.tiled_nms`:
+    the same detections with static shapes, compiles with `jit_compile=True`).
     """
 
     score_thr: float = 0.05
@@ -382,6 +406,7 @@ class RCNNTestConfig:
     max_per_img: int = 100
     mask_thr_binary: float = 0.5
     nms_rule: str = "combined"
+    nms_implementation: str = "tf_image"
 
 
 @dataclass

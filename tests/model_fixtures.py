@@ -32,6 +32,17 @@ TINY_OVERRIDES = [
 ]
 
 
+#: Every part's XLA-compilable option (RoIAlign and mask targets by gathers, tiled NMS).
+XLA_OVERRIDES = [
+    "roi.roi_layer.method=gather",
+    "mask_roi.roi_layer.method=gather",
+    "train_cfg.rcnn.mask_target_method=gather",
+    "train_cfg.rpn_proposal.nms_implementation=tiled",
+    "test_cfg.rpn.nms_implementation=tiled",
+    "test_cfg.rcnn.nms_implementation=tiled",
+]
+
+
 #: TINY_OVERRIDES for a run on the small shapes set: classes from the data, few short epochs.
 RUN_OVERRIDES = [o for o in TINY_OVERRIDES if not o.startswith(("coco_classes", "num_classes"))] + [
     "coco_classes=from_data",

@@ -1,4 +1,5 @@
-"""Inference post-processing of the box head: class-wise decode and per-class NMS."""
+"""Inference post-processing of the box head: class-wise decode and per-class NMS (TensorFlow's
+NMS ops, or with `nms_implementation="tiled"` `nms.tiled_nms`, which compiles with XLA)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from maskspine.modeling import box_ops
-from maskspine.modeling.nms import NMS_RULES, padded_nms
+from maskspine.modeling.nms import NMS_RULES, combined_nms, padded_nms, sort_candidates
 
 
 def detect_boxes(
@@ -25,6 +26,7 @@ def detect_boxes(
     legacy_plus_one: bool = False,
     dhdw_clip: str = "both",
     nms_rule: str = "combined",
+    nms_implementation: str = "tf_image",
 ) -> dict[str, tf.Tensor]:
     """Final detections from the box head's outputs.
 
@@ -43,6 +45,11 @@ def detect_boxes(
             class `nms.padded_nms` of the boxes scoring above `score_thr`, then the best
             `max_per_img` over the classes, ties to the lower class: tensorflow/tpu
             `ops/postprocess_ops.py`, Model Garden `detection_generator.py`).
+        nms_implementation: "tf_image" (TensorFlow's NMS ops; the padded rule runs on the
+            longest above-threshold prefix, a run-time length) or "tiled" (`nms.tiled_nms`
+            on all N boxes per class with static shapes, its loop ending after the last
+            tile holding a box above `score_thr`; compiles with `jit_compile=True`; N static).
+            Same detections; see `nms.combined_nms` for equal scores.
 
     Returns:
         detection_boxes [B, D, 4] yxyx input pixels, detection_scores [B, D],
@@ -67,21 +74,20 @@ def detect_boxes(
     if nms_rule not in NMS_RULES:
         raise ValueError(f"nms_rule must be one of {NMS_RULES}, got {nms_rule!r}")
     if nms_rule == "padded":
-        return _padded_per_class_nms(boxes, scores, score_thr, iou_threshold, max_per_img)
-    nmsed_boxes, nmsed_scores, nmsed_classes, num_detections = (
-        tf.image.combined_non_max_suppression(
-            boxes,
-            scores,
-            max_output_size_per_class=max_per_img,
-            max_total_size=max_per_img,
-            iou_threshold=iou_threshold,
-            score_threshold=score_thr,
-            pad_per_class=False,
-            clip_boxes=False,
+        return _padded_per_class_nms(
+            boxes, scores, score_thr, iou_threshold, max_per_img, nms_implementation
         )
+    nmsed_boxes, nmsed_scores, nmsed_classes, num_detections = combined_nms(
+        boxes,
+        scores,
+        max_output_size_per_class=max_per_img,
+        max_total_size=max_per_img,
+        iou_threshold=iou_threshold,
+        score_threshold=score_thr,
+        implementation=nms_implementation,
     )
     valid = tf.range(max_per_img)[None, :] < num_detections[:, None]
-    classes = tf.where(valid, tf.cast(nmsed_classes, tf.int32) + 1, 0)
+    classes = tf.where(valid, nmsed_classes + 1, 0)
     return {
         "detection_boxes": nmsed_boxes,
         "detection_scores": nmsed_scores,
@@ -91,7 +97,12 @@ def detect_boxes(
 
 
 def _padded_per_class_nms(
-    boxes: tf.Tensor, scores: tf.Tensor, score_thr: float, iou_threshold: float, max_per_img: int
+    boxes: tf.Tensor,
+    scores: tf.Tensor,
+    score_thr: float,
+    iou_threshold: float,
+    max_per_img: int,
+    implementation: str,
 ) -> dict[str, tf.Tensor]:
     """The "padded" detection rule on decoded, clipped boxes [B, N, K, 4] (K = 1 or C) and
     class scores [B, N, C] without background (see `detect_boxes`)."""
@@ -103,18 +114,27 @@ def _padded_per_class_nms(
     )  # [B, C, N, 4]
     # Per class: sorted by score (ties to the lower index), boxes at or below the score
     # threshold turned into zero "dots" that the padded NMS never selects.
-    sorted_scores, order = tf.math.top_k(per_class_scores, k=num_boxes, sorted=True)
+    if implementation == "tiled":
+        sorted_scores, order = sort_candidates(per_class_scores, score_thr)
+    else:
+        sorted_scores, order = tf.math.top_k(per_class_scores, k=num_boxes, sorted=True)
     # Only boxes above the threshold can be selected or suppress: the NMS runs on the
     # longest such prefix over the classes (the rest of each row would be dots).
     above = sorted_scores > score_thr
-    count = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(above, tf.int32), axis=-1)), 1)
-    order, above, sorted_scores = order[..., :count], above[..., :count], sorted_scores[..., :count]
+    if implementation != "tiled":
+        # A run-time length: the tiled NMS keeps all N (static) and stops after the prefix.
+        count = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(above, tf.int32), axis=-1)), 1)
+        order, above = order[..., :count], above[..., :count]
+        sorted_scores = sorted_scores[..., :count]
     sorted_boxes = tf.gather(per_class_boxes, order, batch_dims=2)
     sorted_scores = tf.where(above, sorted_scores, 0.0)
     sorted_boxes = tf.where(above[..., None], sorted_boxes, 0.0)
-    flat_boxes = tf.reshape(sorted_boxes, [batch * num_classes, -1, 4])
-    flat_scores = tf.reshape(sorted_scores, [batch * num_classes, -1])
-    indices, num_valid = padded_nms(flat_boxes, flat_scores, max_per_img, iou_threshold)
+    length = sorted_scores.shape[-1] or tf.shape(sorted_scores)[-1]  # static when tiled
+    flat_boxes = tf.reshape(sorted_boxes, [batch * num_classes, length, 4])
+    flat_scores = tf.reshape(sorted_scores, [batch * num_classes, length])
+    indices, num_valid = padded_nms(
+        flat_boxes, flat_scores, max_per_img, iou_threshold, implementation=implementation
+    )
     slot_valid = tf.range(max_per_img)[None, :] < num_valid[:, None]  # [B*C, D]
     kept_boxes = tf.gather(flat_boxes, indices, batch_dims=1)
     kept_scores = tf.where(slot_valid, tf.gather(flat_scores, indices, batch_dims=1), -1.0)

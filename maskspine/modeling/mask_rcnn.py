@@ -253,6 +253,7 @@ class MaskRCNN(keras.Model):
             min_bbox_size=settings.min_bbox_size,
             size_filter=settings.size_filter,
             nms_rule=settings.nms_rule,
+            nms_implementation=settings.nms_implementation,
             **_coder_kwargs(self.config.rpn.bbox_coder),
         )
         return objectness, deltas, proposals, valid
@@ -289,6 +290,7 @@ class MaskRCNN(keras.Model):
             iou_threshold=rcnn.iou_threshold,
             max_per_img=rcnn.max_per_img,
             nms_rule=rcnn.nms_rule,
+            nms_implementation=rcnn.nms_implementation,
             **_coder_kwargs(self.config.bbox_head.bbox_coder),
         )
 
@@ -316,9 +318,17 @@ class MaskRCNN(keras.Model):
     # ------------------------------------------------------------------ training
 
     def compute_losses(
-        self, batch: dict[str, tf.Tensor], training: bool = True
+        self,
+        batch: dict[str, tf.Tensor],
+        training: bool = True,
+        sampling_seed: tf.Tensor | None = None,
     ) -> dict[str, tf.Tensor]:
         """All losses for a training batch (docs/architecture.md's batch dict).
+
+        Args:
+            sampling_seed: None (the RPN and R-CNN samplers draw from TensorFlow's stateful
+                generator) or a [2] int seed, e.g. `targets.sampling_seed(config.seed,
+                step, replica)`: stateless draws, the same for the same seed.
 
         Returns:
             float32 scalars: `loss` (the weighted sum), `rpn_cls_loss`, `rpn_box_loss`,
@@ -331,6 +341,8 @@ class MaskRCNN(keras.Model):
         gt_classes = tf.cast(batch["gt_classes"], tf.int32)
         gt_is_crowd = tf.cast(batch["gt_is_crowd"], tf.bool)
         features = self.backbone(images, training=training)
+        # xla-kernels: one stateless stream per sampler when a step's seed is given.
+        seeds = target_ops.sampler_seeds(sampling_seed)
 
         # RPN
         objectness, deltas, proposals, valid = self.propose(features, image_shape, training=True)
@@ -348,6 +360,7 @@ class MaskRCNN(keras.Model):
             means=config.rpn.bbox_coder.target_means,
             stds=config.rpn.bbox_coder.target_stds,
             legacy_plus_one=config.rpn.bbox_coder.legacy_plus_one,
+            seed=seeds["rpn"],
         )
         losses = loss_ops.rpn_losses(
             tf.concat([objectness[level] for level in levels], axis=1),
@@ -374,6 +387,7 @@ class MaskRCNN(keras.Model):
             means=coder.target_means,
             stds=coder.target_stds,
             legacy_plus_one=coder.legacy_plus_one,
+            seed=seeds["rcnn"],
         )
         class_logits, box_deltas = self.box_head(
             self.box_features(features, rcnn["rois"]), training=training
@@ -410,6 +424,7 @@ class MaskRCNN(keras.Model):
             batch["gt_masks"],
             mask_matched,
             mask_size=rcnn_cfg.mask_size,
+            method=rcnn_cfg.mask_target_method,
         )
         # Each positive RoI's target class (padding RoIs take channel 0; the loss skips them).
         mask_channel = tf.where(mask_positive, mask_classes, 0)
@@ -430,7 +445,9 @@ class MaskRCNN(keras.Model):
     def compile(self, *args, **kwargs):
         """`keras.Model.compile`, then the optimizer's variables are created at once (under
         the current strategy scope), so `fit` has nothing left to build."""
-        kwargs.setdefault("jit_compile", False)  # crop_and_resize has no XLA kernel
+        # The default kernels (crop_and_resize, TensorFlow's NMS) have no XLA kernel; with
+        # every part's XLA option (docs/architecture.md, "Choices") jit_compile=True works.
+        kwargs.setdefault("jit_compile", False)
         super().compile(*args, **kwargs)
         if self.optimizer is not None and not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
@@ -506,6 +523,7 @@ def _roi_features(features, boxes, extractor) -> tf.Tensor:
         sampling_ratio=extractor.roi_layer.sample_num,
         aligned=extractor.roi_layer.aligned,
         level_assignment=extractor.level_assignment,
+        method=extractor.roi_layer.method,
     )
 
 

@@ -28,8 +28,14 @@ and calls `crop_and_resize` once for all boxes, each box pointing at the part of
 the atlas that holds its level. This costs one crop per box instead of one per
 box and level (see `multilevel_roi_align`).
 
-`CropAndResize` has no XLA kernel: a model using these functions must not be
-compiled with `jit_compile=True`.
+`CropAndResize` has no XLA kernel. `method="gather"` computes the same RoIAlign without
+it, for `tf.function(jit_compile=True)`: every level is flattened into one table of
+pixels and each sample's four neighbours are gathered from it with the torchvision border
+rule written out (`modeling/bilinear.py`, the technique of Model Garden's
+`multilevel_crop_and_resize`, `official/vision/ops/spatial_transform_ops.py`). It equals
+the default `method="crop_and_resize"` up to float rounding (1e-5 on unit-scale
+features), gradients included. On CPU it is faster forward under XLA, slower backward
+(figures in `multilevel_roi_align`).
 
 With `aligned=False` the -0.5 shift is left out (as in torchvision's `aligned=False`,
 without its enlarging of boxes smaller than one feature pixel): bin centres are then where tensorflow/tpu and Model Garden (`multilevel_crop_and_resize`,
@@ -45,10 +51,16 @@ the arithmetic is float32 and the result is cast back to the features' dtype.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import tensorflow as tf
 
-__all__ = ["assign_box_levels", "multilevel_roi_align", "roi_align"]
+from maskspine.modeling.bilinear import gather_bilinear, roi_align_samples
+
+__all__ = ["ROI_ALIGN_METHODS", "assign_box_levels", "multilevel_roi_align", "roi_align"]
+
+#: `method` values of `roi_align` / `multilevel_roi_align` (the default first).
+ROI_ALIGN_METHODS = ("crop_and_resize", "gather")
 
 
 def roi_align(
@@ -59,6 +71,7 @@ def roi_align(
     output_size: int,
     sampling_ratio: int = 2,
     aligned: bool = True,
+    method: str = "crop_and_resize",
 ) -> tf.Tensor:
     """RoIAlign of one feature map (torchvision `roi_align`, `aligned=True` by default).
 
@@ -72,14 +85,27 @@ def roi_align(
         sampling_ratio: g >= 1, samples per bin side (g x g samples per bin).
         aligned: shift boxes by -0.5 feature pixel (torchvision's `aligned=True`); False:
             no shift (and no minimum box size).
+        method: "crop_and_resize" (one `tf.image.crop_and_resize`, no XLA kernel) or
+            "gather" (bilinear gathers, compiles with XLA; see the module docstring).
 
     Returns:
         [B, N, S, S, C] pooled features, the dtype of `features`.
     """
     _check_sizes(output_size, sampling_ratio)
+    _check_method(method)
     boxes = tf.stop_gradient(tf.cast(boxes, tf.float32))
-    atlas, offsets, sizes = _build_atlas([features])
     level = tf.zeros(_dims(boxes)[:2], tf.int32)
+    if method == "gather":
+        return _align_by_gather(
+            [features],
+            [int(stride)],
+            boxes,
+            level,
+            output_size=output_size,
+            sampling_ratio=sampling_ratio,
+            aligned=aligned,
+        )
+    atlas, offsets, sizes = _build_atlas([features])
     return _align_on_atlas(
         atlas,
         offsets,
@@ -167,6 +193,7 @@ def multilevel_roi_align(
     sampling_ratio: int = 2,
     aligned: bool = True,
     level_assignment: str = "finest_scale",
+    method: str = "crop_and_resize",
 ) -> tf.Tensor:
     """RoIAlign of each box on the level `assign_box_levels` picks for it.
 
@@ -184,6 +211,9 @@ def multilevel_roi_align(
         aligned: shift boxes by -0.5 feature pixel (torchvision's `aligned=True`); False:
             no shift (and no minimum box size).
         level_assignment: the `rule` of `assign_box_levels`.
+        method: "crop_and_resize" (the packed atlas below, no XLA kernel) or "gather"
+            (bilinear gathers from the flattened levels, compiles with XLA; see the module
+            docstring).
 
     Returns:
         [B, N, S, S, C] pooled features, the dtype of the features.
@@ -193,8 +223,16 @@ def multilevel_roi_align(
     S=14), against 670 ms (2.6 s) for RoIAlign on every level followed by a per-box
     gather, and 680 ms (2.7 s) for per-level calls with off-level boxes moved off
     the map; forward + backward 220 ms against 840 ms / 780 ms at S=7.
+
+    `method="gather"` (same case, another 2-core host, whose crop_and_resize took 55 ms
+    forward at S=7, 530 ms at S=14, 80-120 ms / 290 ms forward + backward): compiled with
+    `jit_compile=True` 19 ms forward (46 ms at S=14), 450-520 ms forward + backward
+    (1.2-1.6 s at S=14: XLA's scatter-add of the gradient runs serially on CPU); in
+    TensorFlow's graph executor 130 ms (430 ms) forward, 300-330 ms (1.1 s) forward +
+    backward.
     """
     _check_sizes(output_size, sampling_ratio)
+    _check_method(method)
     strides = [int(s) for s in featmap_strides]
     if not strides:
         raise ValueError(
@@ -209,6 +247,16 @@ def multilevel_roi_align(
         rule=level_assignment,
         first_level=strides[0].bit_length() - 1,
     )
+    if method == "gather":
+        return _align_by_gather(
+            maps,
+            strides,
+            boxes,
+            level,
+            output_size=output_size,
+            sampling_ratio=sampling_ratio,
+            aligned=aligned,
+        )
     atlas, offsets, sizes = _build_atlas(maps)
     return _align_on_atlas(
         atlas,
@@ -234,6 +282,11 @@ def _check_sizes(output_size: int, sampling_ratio: int) -> None:
         )
 
 
+def _check_method(method: str) -> None:
+    if method not in ROI_ALIGN_METHODS:
+        raise ValueError(f"RoIAlign method must be one of {ROI_ALIGN_METHODS}, got {method!r}")
+
+
 def _feature_map_for_stride(features: Mapping[str | int, tf.Tensor], stride: int) -> tf.Tensor:
     level = stride.bit_length() - 1
     if stride < 1 or 2**level != stride:
@@ -247,12 +300,29 @@ def _feature_map_for_stride(features: Mapping[str | int, tf.Tensor], stride: int
     )
 
 
+def _atlas_layout(shapes: Sequence[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """Where `_build_atlas` puts each level: offsets [L, 2] float32, the atlas (y, x) of
+    pixel (0, 0) of each level, and the atlas size [2] int32 (Ha, Wa)."""
+    heights = [s[0] + 2 for s in shapes]
+    widths = [s[1] + 2 for s in shapes]
+    if len(shapes) == 1:
+        return tf.ones([1, 2], tf.float32), tf.stack([heights[0], widths[0]])
+    column_height = tf.add_n(heights[1:])
+    column_width = tf.reduce_max(tf.stack(widths[1:]))
+    tops = [tf.constant(0, tf.int32)]
+    for h in heights[1:-1]:
+        tops.append(tops[-1] + h)
+    offsets = [tf.stack([0, 0])] + [tf.stack([top, widths[0]]) for top in tops]
+    size = tf.stack([tf.maximum(heights[0], column_height), widths[0] + column_width])
+    return tf.cast(tf.stack(offsets), tf.float32) + 1.0, size
+
+
 def _build_atlas(maps: Sequence[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Packs edge-padded feature maps of each image into one float32 image.
 
     Each map [B, H_l, W_l, C] is padded by one copied edge row/column on every
     side. The first (finest) goes in the top-left corner, the others are stacked
-    top to bottom in a column to its right; the rest is zeros.
+    top to bottom in a column to its right; the rest is zeros (`_atlas_layout`).
 
     Returns:
         atlas [B, Ha, Wa, C] float32; offsets [L, 2] float32, the atlas (y, x) of
@@ -264,15 +334,15 @@ def _build_atlas(maps: Sequence[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Te
     ]
     shapes = [tf.shape(m)[1:3] for m in maps]
     sizes = tf.cast(tf.stack(shapes), tf.float32)
+    offsets, atlas_size = _atlas_layout(shapes)
     first = padded[0]
     if len(padded) == 1:
-        return first, tf.ones([1, 2], tf.float32), sizes
+        return first, offsets, sizes
 
     heights = [s[0] + 2 for s in shapes]
     widths = [s[1] + 2 for s in shapes]
     column_height = tf.add_n(heights[1:])
-    column_width = tf.reduce_max(tf.stack(widths[1:]))
-    atlas_height = tf.maximum(heights[0], column_height)
+    column_width = atlas_size[1] - widths[0]
     column = tf.concat(
         [
             tf.pad(p, [[0, 0], [0, 0], [0, column_width - w], [0, 0]])
@@ -280,21 +350,60 @@ def _build_atlas(maps: Sequence[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Te
         ],
         axis=1,
     )
-    column = tf.pad(column, [[0, 0], [0, atlas_height - column_height], [0, 0], [0, 0]])
-    first = tf.pad(first, [[0, 0], [0, atlas_height - heights[0]], [0, 0], [0, 0]])
-    atlas = tf.concat([first, column], axis=2)
-
-    tops = [tf.constant(0, tf.int32)]
-    for h in heights[1:-1]:
-        tops.append(tops[-1] + h)
-    offsets = [tf.stack([0, 0])] + [tf.stack([top, widths[0]]) for top in tops]
-    return atlas, tf.cast(tf.stack(offsets), tf.float32) + 1.0, sizes
+    column = tf.pad(column, [[0, 0], [0, atlas_size[0] - column_height], [0, 0], [0, 0]])
+    first = tf.pad(first, [[0, 0], [0, atlas_size[0] - heights[0]], [0, 0], [0, 0]])
+    return tf.concat([first, column], axis=2), offsets, sizes
 
 
 def _dims(tensor: tf.Tensor) -> list:
     """Static dimensions where known, dynamic scalars elsewhere."""
     dynamic = tf.shape(tensor)
     return [d if d is not None else dynamic[i] for i, d in enumerate(tensor.shape)]
+
+
+class _Samples(NamedTuple):
+    """The sample grid of M boxes on the atlas: `normalized` [M, 4] crop_and_resize boxes
+    (their corners are the first and last samples), `mask` [M, samples, 2] float32, 1 for
+    samples inside [-1, H] (y) and [-1, W] (x) of the box's level, 0 beyond."""
+
+    normalized: tf.Tensor
+    mask: tf.Tensor
+
+
+def _samples_on_atlas(
+    boxes: tf.Tensor,
+    level: tf.Tensor,
+    offsets: tf.Tensor,
+    sizes: tf.Tensor,
+    atlas_size: tf.Tensor,
+    strides: tf.Tensor,
+    *,
+    samples: int,
+    aligned: bool,
+) -> _Samples:
+    """Sample positions of `boxes` [B, N, 4] on their `level` [B, N], as crop_and_resize boxes
+    on the atlas of `_atlas_layout` (both methods sample there, so they agree to rounding)."""
+    flat_boxes = tf.reshape(boxes, [-1, 4])
+    flat_level = tf.reshape(level, [-1])
+    stride = tf.gather(strides, flat_level)[:, None]
+    offset = tf.tile(tf.gather(offsets, flat_level), [1, 2])  # [M, 4] y, x, y, x
+    size = tf.gather(sizes, flat_level)  # [M, 2] H, W
+
+    # Box corners in the level's pixel coordinates (pixel centres at integers).
+    corners = flat_boxes / stride - (0.5 if aligned else 0.0)
+    start, end = corners[:, :2], corners[:, 2:]
+    step = (end - start) / float(samples)
+    first_sample = start + 0.5 * step
+    last_sample = end - 0.5 * step
+
+    # torchvision: a sample outside [-1, H] x [-1, W] contributes zero.
+    index = tf.range(samples, dtype=tf.float32)[None, :, None] + 0.5
+    coords = start[:, None, :] + index * step[:, None, :]  # [M, samples, 2]
+    mask = tf.cast((coords >= -1.0) & (coords <= size[:, None, :]), tf.float32)
+
+    atlas_extent = tf.maximum(tf.tile(tf.cast(atlas_size, tf.float32) - 1.0, [2]), 1.0)
+    normalized = (tf.concat([first_sample, last_sample], axis=1) + offset) / atlas_extent
+    return _Samples(normalized, mask)
 
 
 def _align_on_atlas(
@@ -314,34 +423,21 @@ def _align_on_atlas(
     batch, num_boxes = _dims(boxes)[:2]
     channels = _dims(atlas)[-1]
     samples = output_size * sampling_ratio
-
-    flat_boxes = tf.reshape(boxes, [-1, 4])
-    flat_level = tf.reshape(level, [-1])
-    stride = tf.gather(strides, flat_level)[:, None]
-    offset = tf.tile(tf.gather(offsets, flat_level), [1, 2])  # [M, 4] y, x, y, x
-    size = tf.gather(sizes, flat_level)  # [M, 2] H, W
-
-    # Box corners in the level's pixel coordinates (pixel centres at integers).
-    corners = flat_boxes / stride - (0.5 if aligned else 0.0)
-    start, end = corners[:, :2], corners[:, 2:]
-    step = (end - start) / float(samples)
-    first_sample = start + 0.5 * step
-    last_sample = end - 0.5 * step
-
-    # torchvision: a sample outside [-1, H] x [-1, W] contributes zero.
-    index = tf.range(samples, dtype=tf.float32)[None, :, None] + 0.5
-    coords = start[:, None, :] + index * step[:, None, :]  # [M, samples, 2]
-    valid = (coords >= -1.0) & (coords <= size[:, None, :])
-    valid = tf.cast(valid, tf.float32)
-    mask = valid[:, :, None, 0:1] * valid[:, None, :, 1:2]  # [M, samples, samples, 1]
-
-    atlas_extent = tf.cast(tf.shape(atlas)[1:3], tf.float32) - 1.0
-    atlas_extent = tf.maximum(tf.tile(atlas_extent, [2]), 1.0)
-    normalized = (tf.concat([first_sample, last_sample], axis=1) + offset) / atlas_extent
+    grid = _samples_on_atlas(
+        boxes,
+        level,
+        offsets,
+        sizes,
+        tf.shape(atlas)[1:3],
+        strides,
+        samples=samples,
+        aligned=aligned,
+    )
+    mask = grid.mask[:, :, None, 0:1] * grid.mask[:, None, :, 1:2]  # [M, samples, samples, 1]
     box_indices = tf.repeat(tf.range(batch), num_boxes)
     crops = tf.image.crop_and_resize(
         atlas,
-        normalized,
+        grid.normalized,
         box_indices,
         crop_size=(samples, samples),
         method="bilinear",
@@ -352,3 +448,80 @@ def _align_on_atlas(
     pooled = tf.nn.avg_pool2d(crops * mask, sampling_ratio, sampling_ratio, "VALID")
     pooled = tf.reshape(pooled, [batch, num_boxes, output_size, output_size, channels])
     return tf.cast(pooled, dtype)
+
+
+def _align_by_gather(
+    maps: Sequence[tf.Tensor],
+    strides: Sequence[int],
+    boxes: tf.Tensor,
+    level: tf.Tensor,
+    *,
+    output_size: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> tf.Tensor:
+    """RoIAlign of `boxes` [B, N, 4] on their `level` [B, N] of `maps` by bilinear gathers.
+
+    The maps [B, H_l, W_l, C] of each image are flattened one after the other into one
+    table [B * T, C] (T = sum of H_l * W_l). The samples are placed exactly as the
+    crop_and_resize method places them on its atlas (`_samples_on_atlas`, crop_and_resize's
+    own arithmetic: first corner * (Ha - 1) + j * scale), moved back to the level's pixels
+    (subtracting the level's integer offset, exact) and read with the torchvision border
+    rule (`bilinear.roi_align_samples`: the clamp the atlas's copied edges give).
+    """
+    batch, num_boxes = _dims(boxes)[:2]
+    channels = _dims(maps[0])[-1]
+    samples = output_size * sampling_ratio
+    shapes = [tf.shape(m)[1:3] for m in maps]
+    offsets, atlas_size = _atlas_layout(shapes)
+    sizes = tf.cast(tf.stack(shapes), tf.float32)
+    grid = _samples_on_atlas(
+        boxes,
+        level,
+        offsets,
+        sizes,
+        atlas_size,
+        tf.constant([float(s) for s in strides]),
+        samples=samples,
+        aligned=aligned,
+    )
+    # crop_and_resize's sample j: in = corner * (size - 1) + j * (far - near) * (size - 1)
+    # / (samples - 1), in atlas pixels; back to the level's pixels.
+    extent = tf.cast(atlas_size, tf.float32) - 1.0  # [2]
+    flat_level = tf.reshape(level, [-1])
+    near, far = grid.normalized[:, :2], grid.normalized[:, 2:]
+    if samples > 1:
+        scale = (far - near) * extent / float(samples - 1)
+        positions = (
+            near[:, None, :] * extent
+            + tf.range(samples, dtype=tf.float32)[None, :, None] * scale[:, None, :]
+        )
+    else:
+        positions = (0.5 * (near + far) * extent)[:, None, :]
+    positions -= tf.gather(offsets, flat_level)[:, None, :]  # [M, samples, 2]
+
+    pixels = [s[0] * s[1] for s in shapes]
+    per_image = tf.add_n(pixels) if len(pixels) > 1 else pixels[0]
+    starts = tf.stack(
+        [tf.constant(0, tf.int32)] + [tf.add_n(pixels[: i + 1]) for i in range(len(pixels) - 1)]
+    )
+    table = tf.concat(
+        [tf.reshape(tf.cast(m, tf.float32), [batch, -1, channels]) for m in maps], axis=1
+    )
+    table = tf.reshape(table, [-1, channels])
+    image = tf.repeat(tf.range(batch), num_boxes)
+    size = tf.gather(tf.stack(shapes), flat_level)  # [M, 2] H, W int32
+    size_float = tf.cast(size, tf.float32)
+    y = roi_align_samples(positions[:, :, 0], size_float[:, 0:1], grid.mask[:, :, 0])
+    x = roi_align_samples(positions[:, :, 1], size_float[:, 1:2], grid.mask[:, :, 1])
+    # Each bin: the mean of its g x g samples, summed term by term in the gathers.
+    pooled = gather_bilinear(
+        table,
+        image * per_image + tf.gather(starts, flat_level),
+        size[:, 1],
+        y,
+        x,
+        group=sampling_ratio,
+    )  # [M, S, S, C]
+    pooled = tf.reshape(pooled, [batch, num_boxes, output_size, output_size, channels])
+    return tf.cast(pooled, maps[0].dtype)

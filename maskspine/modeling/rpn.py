@@ -7,7 +7,8 @@ level the top `nms_pre` anchors by score are decoded, clipped to the image and f
 by size; NMS runs per level, and the `max_per_img` best boxes over all levels are kept.
 Everything is batched with static shapes: one `tf.image.combined_non_max_suppression`
 call treats the levels as its "classes". The "padded" NMS rule computes what
-tensorflow/tpu and Model Garden compute instead (`generate_proposals`).
+tensorflow/tpu and Model Garden compute instead (`generate_proposals`). With
+`nms_implementation="tiled"` either rule runs on `nms.tiled_nms` and compiles with XLA.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import tensorflow as tf
 from keras import layers
 
 from maskspine.modeling import box_ops
-from maskspine.modeling.nms import NMS_RULES, padded_nms
+from maskspine.modeling.nms import NMS_RULES, combined_nms, padded_nms
 
 
 @keras.saving.register_keras_serializable(package="maskspine")
@@ -150,6 +151,7 @@ def generate_proposals(
     dhdw_clip: str = "both",
     size_filter: bool = True,
     nms_rule: str = "combined",
+    nms_implementation: str = "tf_image",
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Turns RPN outputs into proposals.
 
@@ -172,6 +174,9 @@ def generate_proposals(
             `nms_pre` by sigmoid score, at most `max_per_img` per level, then the best
             `max_per_img` of all levels by score: tensorflow/tpu `ops/roi_ops.py`, Model
             Garden `roi_generator.py`).
+        nms_implementation: "tf_image" (TensorFlow's NMS ops) or "tiled" (`nms.tiled_nms`:
+            the same kept boxes with static shapes, compiles with `jit_compile=True`; the
+            numbers of anchors per level must be static). See `nms.combined_nms` for ties.
 
     Returns:
         proposals [B, max_per_img, 4] yxyx input pixels (zeros where padded),
@@ -210,7 +215,9 @@ def generate_proposals(
             # A filtered box becomes a zero "dot", which the padded NMS never selects.
             boxes = tf.where(keep[..., None], boxes, 0.0)
             kept = min(max_per_img, count) if isinstance(count, int) else max_per_img
-            indices, num_valid = padded_nms(boxes, top_scores, kept, iou_threshold)
+            indices, num_valid = padded_nms(
+                boxes, top_scores, kept, iou_threshold, implementation=nms_implementation
+            )
             slot_valid = tf.range(kept)[None, :] < num_valid[:, None]
             all_boxes.append(
                 tf.where(slot_valid[..., None], tf.gather(boxes, indices, batch_dims=1), 0.0)
@@ -227,15 +234,14 @@ def generate_proposals(
     scores = tf.concat(all_scores, axis=1)
     if nms_rule == "padded":
         return _best_over_levels(boxes, scores, max_per_img)
-    nmsed_boxes, nmsed_scores, _, num_valid = tf.image.combined_non_max_suppression(
+    nmsed_boxes, nmsed_scores, _, num_valid = combined_nms(
         boxes[:, :, None, :],
         scores,
         max_output_size_per_class=max_per_img,
         max_total_size=max_per_img,
         iou_threshold=iou_threshold,
         score_threshold=_MIN_SCORE,
-        pad_per_class=False,
-        clip_boxes=False,
+        implementation=nms_implementation,
     )
     valid = tf.range(max_per_img)[None, :] < num_valid[:, None]
     return (

@@ -18,7 +18,11 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from maskspine.modeling.bilinear import crop_and_resize_samples, gather_bilinear
 from maskspine.modeling.box_ops import encode_boxes, pairwise_overlaps
+
+#: `method` values of `mask_targets` (the default first).
+MASK_TARGET_METHODS = ("crop_and_resize", "gather")
 
 
 def assign_max_iou(
@@ -109,7 +113,50 @@ def _uniform_noise(shape, seed) -> tf.Tensor:
         return tf.random.uniform(shape, seed=seed)
     if isinstance(seed, keras.random.SeedGenerator):
         return keras.random.uniform(shape, seed=seed)
-    return tf.random.stateless_uniform(shape, seed=seed)
+    # Philox random bits (auto_select's choice on CPU and GPU) turned into [0, 1) here: the
+    # same draw on every device, compiled with XLA or not. (XLA's float
+    # `stateless_uniform` differs from the TensorFlow kernel's; its integer bits agree.)
+    bits = tf.random.stateless_uniform(
+        shape, seed=seed, minval=None, maxval=None, dtype=tf.uint32, alg="philox"
+    )
+    return tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (2.0**-24)
+
+
+#: The stream of each stateless sampler within one training step (`sampler_seeds`).
+SAMPLER_STREAMS = ("rpn", "rcnn")
+
+
+def sampling_seed(seed: int, step, replica_id=0) -> tf.Tensor:
+    """The [2] int64 seed of one training step on one replica for the stateless samplers.
+
+    (config seed, global step) are folded into one key, then the replica id: the same
+    triple gives the same seed (and so the same samples), a different step or replica
+    another. Folding is `tf.random.experimental.stateless_fold_in` (Philox), which
+    compiles with XLA.
+
+    Args:
+        seed: the config's `seed`.
+        step: scalar int, the global step (e.g. `optimizer.iterations`).
+        replica_id: scalar int, e.g. `tf.distribute.get_replica_context()
+            .replica_id_in_sync_group`.
+    """
+    key = tf.constant([int(seed), 0], tf.int64)
+    key = tf.random.experimental.stateless_fold_in(key, tf.cast(step, tf.int64), alg="philox")
+    return tf.random.experimental.stateless_fold_in(
+        key, tf.cast(replica_id, tf.int64), alg="philox"
+    )
+
+
+def sampler_seeds(seed: tf.Tensor | None) -> dict[str, tf.Tensor | None]:
+    """One seed of each of `SAMPLER_STREAMS` from a step's [2] `sampling_seed` (None: None
+    each, the samplers then draw from TensorFlow's stateful generator)."""
+    if seed is None:
+        return dict.fromkeys(SAMPLER_STREAMS)
+    seed = tf.cast(seed, tf.int64)
+    return {
+        name: tf.random.experimental.stateless_fold_in(seed, index, alg="philox")
+        for index, name in enumerate(SAMPLER_STREAMS)
+    }
 
 
 def sample_balanced(
@@ -134,7 +181,9 @@ def sample_balanced(
         pos_fraction: upper bound on the fraction of positives.
         neg_pos_ub: upper bound on negatives / positives, -1 for none.
         seed: None or an int (stateful `tf.random`), a `keras.random.SeedGenerator`, or a
-            shape-[2] integer tensor for stateless sampling.
+            shape-[2] integer tensor for stateless sampling (`tf.random.stateless_uniform`,
+            Philox: the same seed gives the same sample, under XLA too; see
+            `sampling_seed` and `sampler_seeds`).
     Returns:
         indices: [B, num] int32 into N, distinct within an image except padding (index 0).
         sampled_labels: [B, num] int32, 1 positive, 0 negative, -1 padding when an image has
@@ -238,7 +287,7 @@ def rpn_targets(
         num, pos_fraction, neg_pos_ub: `sample_balanced` arguments. `add_gt_as_proposals`
             is accepted so a whole sampler config can be passed, and must be False.
         means, stds, legacy_plus_one: the RPN box coder (rpn.bbox_coder).
-        seed: see `sample_balanced`.
+        seed: see `sample_balanced`; for stateless sampling `sampler_seeds(...)["rpn"]`.
     Returns:
         objectness: [B, A] float32, 1 for positive anchors, 0 otherwise.
         objectness_weight: [B, A] float32, 1 for sampled anchors (positive or negative).
@@ -323,7 +372,7 @@ def rcnn_targets(
         add_gt_as_proposals: append the valid non-crowd gt boxes to the proposals first
             (N -> N + G candidates), so every gt has at least one positive RoI.
         means, stds, legacy_plus_one: the R-CNN box coder (bbox_head.bbox_coder).
-        seed: see `sample_balanced`.
+        seed: see `sample_balanced`; for stateless sampling `sampler_seeds(...)["rcnn"]`.
     Returns:
         rois: [B, S, 4] yxyx input pixels; zeros where roi_valid is False.
         roi_valid: [B, S] bool, False for padding when too few candidates.
@@ -387,6 +436,7 @@ def mask_targets(
     *,
     mask_size: int = 28,
     binarize: bool = False,
+    method: str = "crop_and_resize",
 ) -> tf.Tensor:
     """The part of each RoI's matched instance mask under the RoI, at mask_size x mask_size.
 
@@ -404,9 +454,16 @@ def mask_targets(
         matched_gt: [B, K] int32 index into G.
         mask_size: output side (the reference's train_cfg.rcnn.mask_size, 28).
         binarize: round the targets to {0, 1} at 0.5 (mmdetection does).
+        method: "crop_and_resize" (`tf.image.crop_and_resize`, no XLA kernel) or "gather"
+            (the same samples, read with gathers as `crop_and_resize` reads them:
+            `modeling/bilinear.py`, the technique of Model Garden's
+            `multilevel_crop_and_resize` in `official/vision/ops/spatial_transform_ops.py`;
+            compiles with `tf.function(jit_compile=True)`, equal up to float rounding).
     Returns:
         [B, K, mask_size, mask_size] float32 in [0, 1].
     """
+    if method not in MASK_TARGET_METHODS:
+        raise ValueError(f"mask target method must be one of {MASK_TARGET_METHODS}, got {method!r}")
     rois = tf.convert_to_tensor(rois, tf.float32)
     matched_gt_boxes = tf.convert_to_tensor(matched_gt_boxes, tf.float32)
     matched_gt = tf.convert_to_tensor(matched_gt, tf.int32)
@@ -438,11 +495,46 @@ def mask_targets(
     y_first, y_last = sample_positions(ry1, ry2 - ry1, gy1, gt_height, mask_height)
     x_first, x_last = sample_positions(rx1, rx2 - rx1, gx1, gt_width, mask_width)
     crop_boxes = tf.reshape(tf.stack([y_first, x_first, y_last, x_last], axis=-1), [-1, 4])
-    crops = tf.image.crop_and_resize(
-        masks, crop_boxes, box_indices, [mask_size, mask_size], method="bilinear"
-    )
+    if method == "gather":
+        crops = _crop_and_resize_by_gather(masks, crop_boxes, box_indices, mask_size)
+    else:
+        crops = tf.image.crop_and_resize(
+            masks, crop_boxes, box_indices, [mask_size, mask_size], method="bilinear"
+        )
     targets = tf.reshape(crops, [batch, num_rois, mask_size, mask_size])
     targets = tf.clip_by_value(targets, 0.0, 1.0)
     if binarize:
         targets = tf.cast(targets >= 0.5, tf.float32)
     return targets
+
+
+def _crop_and_resize_by_gather(
+    images: tf.Tensor, boxes: tf.Tensor, box_indices: tf.Tensor, crop_size: int
+) -> tf.Tensor:
+    """`tf.image.crop_and_resize(images, boxes, box_indices, [S, S])` (bilinear,
+    extrapolation 0) computed with gathers, sample positions by crop_and_resize's own
+    arithmetic: in = y1 * (H - 1) + j * (y2 - y1) * (H - 1) / (S - 1).
+
+    Args:
+        images: [N, H, W, C] float32 with static H, W.
+        boxes: [K, 4] normalised yxyx (crop_and_resize's convention).
+        box_indices: [K] int32 into N.
+        crop_size: S.
+    Returns:
+        [K, S, S, C] float32.
+    """
+    _, height, width, channels = images.shape
+    extent = tf.constant([height - 1.0, width - 1.0])
+    near, far = boxes[:, :2], boxes[:, 2:]
+    if crop_size > 1:
+        scale = (far - near) * extent / float(crop_size - 1)
+        index = tf.range(crop_size, dtype=tf.float32)[None, :, None]
+        positions = near[:, None, :] * extent + index * scale[:, None, :]
+    else:
+        positions = (0.5 * (near + far) * extent)[:, None, :]
+    y = crop_and_resize_samples(positions[:, :, 0], tf.constant([[float(height)]]))
+    x = crop_and_resize_samples(positions[:, :, 1], tf.constant([[float(width)]]))
+    table = tf.reshape(images, [-1, channels])
+    return gather_bilinear(
+        table, box_indices * (height * width), tf.fill(tf.shape(box_indices), width), y, x
+    )

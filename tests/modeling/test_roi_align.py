@@ -1,4 +1,5 @@
-"""RoIAlign against a numpy transcription of torchvision's `roi_align(aligned=True)`."""
+"""RoIAlign against a numpy transcription of torchvision's `roi_align(aligned=True)`; the
+gather method (XLA-compilable) against the crop_and_resize method."""
 
 from __future__ import annotations
 
@@ -73,8 +74,9 @@ def _random_boxes(rng: np.random.Generator, count: int, extent: float, min_size:
 # --- single level ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("method", ["crop_and_resize", "gather"])
 @pytest.mark.parametrize(("output_size", "sampling_ratio"), [(7, 2), (7, 1), (14, 2), (14, 1)])
-def test_roi_align_matches_torchvision_definition(output_size, sampling_ratio):
+def test_roi_align_matches_torchvision_definition(output_size, sampling_ratio, method):
     rng = np.random.default_rng(output_size * 10 + sampling_ratio)
     stride = 8
     features = rng.normal(size=(2, 9, 12, 3)).astype(np.float32)
@@ -101,6 +103,7 @@ def test_roi_align_matches_torchvision_definition(output_size, sampling_ratio):
         stride=stride,
         output_size=output_size,
         sampling_ratio=sampling_ratio,
+        method=method,
     ).numpy()
 
     assert out.shape == (2, boxes.shape[1], output_size, output_size, 3)
@@ -116,7 +119,8 @@ def test_roi_align_matches_torchvision_definition(output_size, sampling_ratio):
     np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
-def test_border_rule_clamps_within_one_pixel_and_zeroes_beyond():
+@pytest.mark.parametrize("method", ["crop_and_resize", "gather"])
+def test_border_rule_clamps_within_one_pixel_and_zeroes_beyond(method):
     # Ones everywhere, stride 1 (feature coordinate = input pixel - 0.5), one bin, 2x2 samples.
     features = tf.ones([1, 4, 4, 1])
     boxes = tf.constant(
@@ -130,7 +134,7 @@ def test_border_rule_clamps_within_one_pixel_and_zeroes_beyond():
             ]
         ]
     )
-    out = roi_align(features, boxes, stride=1, output_size=1, sampling_ratio=2)
+    out = roi_align(features, boxes, stride=1, output_size=1, sampling_ratio=2, method=method)
     np.testing.assert_allclose(out.numpy().ravel(), [1.0, 0.5, 0.5, 0.0, 0.5], atol=1e-6)
 
 
@@ -261,7 +265,8 @@ def test_multilevel_equals_single_level_on_chosen_level(int_keys):
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-4)
 
 
-def test_multilevel_in_tf_function_keeps_static_shape_dtype_and_gradients():
+@pytest.mark.parametrize("method", ["crop_and_resize", "gather"])
+def test_multilevel_in_tf_function_keeps_static_shape_dtype_and_gradients(method):
     rng = np.random.default_rng(13)
     pyramid = {k: tf.constant(v, tf.float16) for k, v in _pyramid(rng, 128, channels=4).items()}
     boxes = tf.constant(np.stack([_multilevel_boxes(rng, 128, 8) for _ in range(2)]))
@@ -270,7 +275,9 @@ def test_multilevel_in_tf_function_keeps_static_shape_dtype_and_gradients():
     def pooled_and_gradients(features, boxes):
         with tf.GradientTape() as tape:
             tape.watch(features)
-            out = multilevel_roi_align(features, boxes, output_size=7, featmap_strides=STRIDES)
+            out = multilevel_roi_align(
+                features, boxes, output_size=7, featmap_strides=STRIDES, method=method
+            )
             loss = tf.reduce_sum(tf.cast(out, tf.float32))
         assert out.shape == (2, 8, 7, 7, 4)
         return out, tape.gradient(loss, features)
@@ -292,3 +299,105 @@ def test_missing_level_is_a_clear_error():
             output_size=7,
             featmap_strides=[8, 16, 32, 64],
         )
+
+
+# --- the gather method against the crop_and_resize method -------------------------------------
+
+
+def _gather_test_boxes(rng: np.random.Generator, image_size: int, count: int) -> np.ndarray:
+    """Random boxes of every level, and hand-placed ones: padding, zero-area, tiny, on the
+    borders, partly and wholly outside the image."""
+    boxes = _random_boxes(rng, count, 1.3 * image_size, min_size=1.0)
+    s = float(image_size)
+    boxes[:11] = [
+        [-1, -1, -1, -1],
+        [0, 0, 0, 0],
+        [0, 0, s, s],
+        [s - 2, s - 2, s + 5, s + 3],
+        [-50, -50, -20, -20],
+        [10, 10, 10.5, 10.3],
+        [s + 20, s + 20, s + 100, s + 100],
+        [-3, 0, 5, s],
+        [0.2, 0.1, 0.6, 0.9],
+        [s - 0.5, -0.5, s, 0.5],
+        [-60, -40, s + 80, s + 90],
+    ]
+    return boxes
+
+
+def _pooled_and_feature_gradients(pyramid, boxes, weights, method, **kwargs):
+    with tf.GradientTape() as tape:
+        tape.watch(pyramid)
+        out = multilevel_roi_align(pyramid, boxes, method=method, **kwargs)
+        loss = tf.reduce_sum(out * weights)
+    grads = tape.gradient(loss, pyramid)
+    return out.numpy(), {k: None if g is None else g.numpy() for k, g in grads.items()}
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("level_assignment", ["finest_scale", "canonical"])
+@pytest.mark.parametrize(("output_size", "sampling_ratio"), [(7, 1), (7, 2), (14, 2), (4, 3)])
+def test_gather_method_equals_crop_and_resize_forward_and_gradient(
+    aligned, level_assignment, output_size, sampling_ratio
+):
+    from maskspine.training.trainer import _op_determinism
+
+    rng = np.random.default_rng(17 + output_size + sampling_ratio)
+    image_size = 384
+    pyramid = {k: tf.constant(v) for k, v in _pyramid(rng, image_size, channels=4).items()}
+    boxes = np.stack([_gather_test_boxes(rng, image_size, 48) for _ in range(2)])
+    assert {0, 1, 2, 3} <= set(assign_box_levels(boxes, num_levels=4).numpy().ravel())
+    weights = tf.constant(rng.normal(size=(2, 48, output_size, output_size, 4)).astype(np.float32))
+    kwargs = dict(
+        output_size=output_size,
+        featmap_strides=STRIDES,
+        sampling_ratio=sampling_ratio,
+        aligned=aligned,
+        level_assignment=level_assignment,
+    )
+    # crop_and_resize's CPU gradient adds from several threads without locks unless op
+    # determinism is on: the reference gradient is taken with it on.
+    with _op_determinism(True):
+        expected, expected_grads = _pooled_and_feature_gradients(
+            pyramid, tf.constant(boxes), weights, "crop_and_resize", **kwargs
+        )
+    got, grads = _pooled_and_feature_gradients(
+        pyramid, tf.constant(boxes), weights, "gather", **kwargs
+    )
+    assert got.shape == expected.shape == (2, 48, output_size, output_size, 4)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    for key in ("P3", "P4", "P5", "P6"):
+        scale = max(1.0, float(np.abs(expected_grads[key]).max()))
+        np.testing.assert_allclose(grads[key], expected_grads[key], rtol=0, atol=1e-5 * scale)
+    assert grads["P7"] is None  # stride 128 is not pooled from
+
+
+def test_gather_method_compiles_with_xla_and_equals_the_uncompiled_call():
+    rng = np.random.default_rng(19)
+    pyramid = {k: tf.constant(v) for k, v in _pyramid(rng, 128, channels=4).items()}
+    boxes = tf.constant(np.stack([_gather_test_boxes(rng, 128, 16) for _ in range(2)]))
+    weights = tf.constant(rng.normal(size=(2, 16, 7, 7, 4)).astype(np.float32))
+
+    def pooled_and_gradients(features, boxes):
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            out = multilevel_roi_align(
+                features, boxes, output_size=7, featmap_strides=STRIDES, method="gather"
+            )
+            loss = tf.reduce_sum(out * weights)
+        return out, tape.gradient(loss, features)
+
+    compiled = tf.function(pooled_and_gradients, jit_compile=True)
+    out, grads = compiled(pyramid, boxes)
+    expected, expected_grads = pooled_and_gradients(pyramid, boxes)
+    # XLA compiled the whole function: its HLO holds the gathers, no crop_and_resize.
+    hlo = compiled.experimental_get_compiler_ir(pyramid, boxes)(stage="hlo")
+    assert "gather" in hlo and "CropAndResize" not in hlo
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-5)
+    for key in ("P3", "P4", "P5", "P6"):
+        np.testing.assert_allclose(grads[key].numpy(), expected_grads[key].numpy(), atol=1e-5)
+
+
+def test_unknown_method_is_a_clear_error():
+    with pytest.raises(ValueError, match="gather"):
+        roi_align(tf.zeros([1, 4, 4, 1]), tf.zeros([1, 1, 4]), stride=8, output_size=2, method="x")

@@ -387,16 +387,19 @@ def crop_reference(full, roi, size):
     return crop.reshape(size, factor, size, factor).mean(axis=(1, 3))
 
 
-def run_mask_targets(rois, gt_mask, mask_size=28):
+def run_mask_targets(rois, gt_mask, mask_size=28, method="crop_and_resize"):
     rois = np.asarray(rois, np.float32)[None]
     gt_masks = np.stack([np.zeros_like(gt_mask), gt_mask])[None]  # instance 1 is ours
     matched = np.ones(rois.shape[:2], np.int32)
     gt_boxes = np.broadcast_to(np.array(GT_BOX, np.float32), rois.shape)
-    out = targets.mask_targets(rois, gt_boxes, gt_masks, matched, mask_size=mask_size)
+    out = targets.mask_targets(
+        rois, gt_boxes, gt_masks, matched, mask_size=mask_size, method=method
+    )
     return out.numpy()[0]
 
 
-def test_mask_targets_match_full_image_crop():
+@pytest.mark.parametrize("method", ["crop_and_resize", "gather"])
+def test_mask_targets_match_full_image_crop(method):
     full = full_image_mask()
     gt_mask = full[16:48, 8:40]  # cropped to the gt box at its own resolution (M = 32)
     rois = [
@@ -406,7 +409,7 @@ def test_mask_targets_match_full_image_crop():
         [16, 8, 72, 64],  # twice the output size: 2x2 averages
         [-8, -16, 48, 40],
     ]
-    got = run_mask_targets(rois, gt_mask)
+    got = run_mask_targets(rois, gt_mask, method=method)
     assert got.shape == (5, 28, 28)
     for roi, target in zip(rois, got, strict=True):
         np.testing.assert_allclose(target, crop_reference(full, roi, 28), atol=1e-4)
@@ -452,11 +455,12 @@ def bilinear_reference(gt_mask, gt_box, roi, size):
     return out
 
 
-def test_mask_targets_match_bilinear_reference_for_fractional_rois():
+@pytest.mark.parametrize("method", ["crop_and_resize", "gather"])
+def test_mask_targets_match_bilinear_reference_for_fractional_rois(method):
     rng = np.random.default_rng(3)
     gt_mask = (rng.random((16, 16)) > 0.4).astype(np.float32)
     rois = [[20.3, 11.7, 45.1, 30.2], [5.5, 0.25, 50.75, 44.5], [30.0, 30.0, 31.5, 60.0]]
-    got = run_mask_targets(rois, gt_mask, mask_size=14)
+    got = run_mask_targets(rois, gt_mask, mask_size=14, method=method)
     for roi, target in zip(rois, got, strict=True):
         np.testing.assert_allclose(target, bilinear_reference(gt_mask, GT_BOX, roi, 14), atol=1e-4)
 
@@ -501,3 +505,106 @@ def test_everything_runs_inside_tf_function():
         gy1, gx1, gy2, gx2 = boxes[b, k]
         if y1 >= gy1 + 2 and x1 >= gx1 + 2 and y2 <= gy2 - 2 and x2 <= gx2 - 2:
             np.testing.assert_allclose(masks[b, k], 1.0, atol=1e-5)
+
+
+def _random_mask_target_case(rng, batch=2, num_gts=5, num_rois=40, mask_side=28, uint8=True):
+    """Gt boxes and masks, and RoIs around them: overlapping, inside, sticking out, tiny,
+    wholly outside, zero (padding RoIs of a sample), matched to padding gts (-1 boxes)."""
+    centre = rng.uniform(10, 110, (batch, num_gts, 2))
+    half = rng.uniform(2, 40, (batch, num_gts, 2))
+    gt_boxes = np.concatenate([centre - half, centre + half], -1).astype(np.float32)
+    gt_boxes[:, -1] = -1.0  # padding gt
+    masks = rng.random((batch, num_gts, mask_side, mask_side))
+    masks = (masks > 0.5).astype(np.uint8) if uint8 else masks.astype(np.float32)
+    matched = rng.integers(0, num_gts, (batch, num_rois)).astype(np.int32)
+    matched_boxes = np.take_along_axis(gt_boxes, matched[..., None], axis=1)
+    size = matched_boxes[..., 2:] - matched_boxes[..., :2]
+    start = matched_boxes[..., :2] + rng.uniform(-0.6, 0.9, size.shape) * size
+    extent = size * np.exp(rng.uniform(np.log(0.02), np.log(2.0), size.shape))
+    rois = np.concatenate([start, start + extent], -1).astype(np.float32)
+    rois[:, :3] = 0.0  # padding RoIs
+    rois[:, 3] = [-300.0, -300.0, -200.0, -200.0]  # far outside
+    rois[:, 4] = matched_boxes[:, 4]  # the gt box itself
+    return rois, matched_boxes, masks, matched
+
+
+@pytest.mark.parametrize(
+    ("mask_side", "mask_size", "uint8"), [(28, 28, True), (16, 28, False), (28, 14, False)]
+)
+def test_mask_targets_gather_method_equals_crop_and_resize(mask_side, mask_size, uint8):
+    rng = np.random.default_rng(mask_side + mask_size)
+    rois, matched_boxes, masks, matched = _random_mask_target_case(
+        rng, mask_side=mask_side, uint8=uint8
+    )
+    expected = targets.mask_targets(rois, matched_boxes, masks, matched, mask_size=mask_size)
+    got = targets.mask_targets(
+        rois, matched_boxes, masks, matched, mask_size=mask_size, method="gather"
+    )
+    assert got.shape == expected.shape == (2, 40, mask_size, mask_size)
+    assert 0.1 < float(tf.reduce_mean(expected)) < 0.9  # the case samples the masks
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=0, atol=1e-5)
+    binary = targets.mask_targets(
+        rois, matched_boxes, masks, matched, mask_size=mask_size, binarize=True, method="gather"
+    )
+    np.testing.assert_array_equal(binary.numpy(), (expected.numpy() >= 0.5).astype(np.float32))
+
+
+def test_mask_targets_gather_method_compiles_with_xla():
+    rng = np.random.default_rng(4)
+    rois, matched_boxes, masks, matched = _random_mask_target_case(rng)
+    compiled = tf.function(
+        lambda *args: targets.mask_targets(*args, method="gather"), jit_compile=True
+    )
+    got = compiled(rois, matched_boxes, masks, matched)
+    expected = targets.mask_targets(rois, matched_boxes, masks, matched)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=0, atol=1e-5)
+
+
+def test_sampling_seed_depends_on_seed_step_and_replica():
+    seeds = {
+        (seed, step, replica): tuple(targets.sampling_seed(seed, step, replica).numpy())
+        for seed in (0, 1)
+        for step in (0, 1, 1000)
+        for replica in (0, 1)
+    }
+    assert len(set(seeds.values())) == len(seeds)
+    again = targets.sampling_seed(1, tf.constant(1000, tf.int64), tf.constant(1))
+    assert tuple(again.numpy()) == seeds[(1, 1000, 1)]
+    streams = targets.sampler_seeds(again)
+    assert set(streams) == {"rpn", "rcnn"}
+    assert tuple(streams["rpn"].numpy()) != tuple(streams["rcnn"].numpy())
+    assert targets.sampler_seeds(None) == {"rpn": None, "rcnn": None}
+
+
+def test_seeded_targets_repeat_for_a_seed_and_change_with_the_step():
+    anchors = tf.concat(list(generate_anchors((64, 64), [8, 16], [2.0], [0.5, 1, 2]).values()), 0)
+    gt_boxes = tf.constant([[[4, 4, 30, 40], [30, 10, 60, 30], PAD]] * 2, tf.float32)
+    gt_classes = tf.constant([[1, 2, -1]] * 2)
+    gt_crowd = tf.zeros([2, 3], tf.bool)
+    proposals = tf.random.stateless_uniform([2, 200, 2], [0, 1], maxval=40.0)
+    proposals = tf.concat([proposals, proposals + 20.0], axis=-1)
+    image_shape = tf.constant([[64, 64], [64, 64]], tf.float32)
+
+    def sample(step):
+        seeds = targets.sampler_seeds(targets.sampling_seed(7, step, 0))
+        rpn = _rpn_targets(
+            anchors, gt_boxes, gt_classes, gt_crowd, image_shape, num=32, seed=seeds["rpn"]
+        )
+        rcnn = _rcnn_targets(
+            proposals,
+            tf.ones([2, 200], tf.bool),
+            gt_boxes,
+            gt_classes,
+            gt_crowd,
+            num=32,
+            seed=seeds["rcnn"],
+        )
+        return rpn["objectness_weight"], rcnn["rois"]
+
+    first, again, later = sample(3), sample(3), sample(4)
+    compiled = tf.function(sample, jit_compile=True)(tf.constant(3, tf.int64))
+    for a, b, c in zip(first, again, compiled, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        np.testing.assert_array_equal(a.numpy(), c.numpy())  # XLA draws the same sample
+    assert not np.array_equal(first[0].numpy(), later[0].numpy())
+    assert not np.array_equal(first[1].numpy(), later[1].numpy())
