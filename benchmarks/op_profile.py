@@ -89,7 +89,7 @@ def main() -> None:
     from maskspine.benchmark import synthetic_training_batch
     from maskspine.config import load_config
     from maskspine.data import load_categories
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.modeling.factory import build_mask_rcnn
     from maskspine.predict import predict_function
     from maskspine.training.optimizer import build_optimizer
     from maskspine.training.trainer import resolve_classes

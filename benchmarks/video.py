@@ -77,7 +77,7 @@ def benchmark(config_path: str, args: argparse.Namespace, folder: Path, video: P
     if args.checkpoint:
         model, config, _ = load_model(args.checkpoint, config_path, args.overrides)
     else:
-        from maskspine.modeling.mask_rcnn import build_mask_rcnn
+        from maskspine.modeling.factory import build_mask_rcnn
 
         config = load_config(config_path, args.overrides)
         if config.classes_from_data:  # the shapes demo: the shapes set's classes

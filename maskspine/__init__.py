@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 #: Public names and the modules that hold them; imported on first use, so that
 #: `import maskspine` (and every `--help`) does not wait for TensorFlow.
 _LAZY = {
-    "build_model": ("maskspine.modeling.mask_rcnn", "build_mask_rcnn"),
+    "build_model": ("maskspine.modeling.factory", "build_mask_rcnn"),
     "load": ("maskspine.segmenter", "load"),
     "Segmenter": ("maskspine.segmenter", "Segmenter"),
     "ImagePrediction": ("maskspine.segmenter", "ImagePrediction"),

@@ -136,28 +136,36 @@ def benchmark_inference(
 
     from maskspine.predict import predict_function
 
-    config = model.config
-    size = (config.img_height, config.img_width)
+    size = model.image_size
     images = tf.random.stateless_uniform([batch_size, *size, 3], seed=[seed, 0]) * 2.0 - 1.0
     info = tf.constant([[size, size, [1.0, 1.0], [0.0, 0.0]]], tf.float32)
     info = tf.tile(info, [batch_size, 1, 1])
-    image_shape = info[:, 1, :]
     predict = predict_function(model)
     whole = Measurement(
         "infer", "whole model", time_calls(lambda: predict(images, info), runs), batch_size
     )
 
+    # Each stage as its own function, the parts' calls as MaskRCNN.call makes them.
+    window = model.image_window(images, info)
     backbone = tf.function(lambda x: model.backbone(x, training=False))
     features = backbone(images)
-    propose = tf.function(lambda f: model.propose(f, image_shape, training=False)[2:])
+
+    @tf.function
+    def propose(f):
+        objectness, deltas = model.rpn_head(f, training=False)
+        proposals, _, valid = model.proposal_generator(
+            objectness, deltas, model.anchor_generator.by_level(), window, training=False
+        )
+        return proposals, valid
+
     proposals, valid = propose(features)
 
     @tf.function
     def box_head(f, p):
-        return model.box_head(model.box_features(f, p), training=False)
+        return model.box_head(model.roi_aligner(f, p), training=False)
 
     class_logits, box_deltas = box_head(features, proposals)
-    detect = tf.function(lambda c, d, p, v: model.generate_detections(c, d, p, v, image_shape))
+    detect = tf.function(lambda c, d, p, v: model.detection_generator(c, d, p, v, window))
     detections = detect(class_logits, box_deltas, proposals, valid)
     masks = tf.function(model.detection_masks)
     boxes, classes = detections["detection_boxes"], detections["detection_classes"]
@@ -222,7 +230,7 @@ def benchmark_training(
     `config` (its `precision` and optimizer), on a synthetic batch."""
     import tensorflow as tf
 
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.modeling.factory import build_mask_rcnn
     from maskspine.training.optimizer import build_optimizer
 
     batch_size = batch_size or config.batch_size
@@ -299,7 +307,7 @@ def run_benchmark(
             for training and data).
         runs: timed calls per figure.
     """
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.modeling.factory import build_mask_rcnn
 
     unknown = sorted(set(what) - set(WHAT))
     if unknown:

@@ -183,7 +183,7 @@ def load_model(
         CheckpointError: missing checkpoint, or one whose weights do not fit (names the
             layers that disagree, the config keys that set them, and the file).
     """
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.modeling.factory import build_mask_rcnn
 
     path = resolve_checkpoint(checkpoint)
     config = config_for_checkpoint(path, config_path, overrides)
@@ -318,7 +318,7 @@ def _checkpoint_shapes(checkpoint: Path, source_config: Config | None) -> dict[s
     with it; None when there is no such config or the checkpoint does not fit it either."""
     if source_config is None:
         return None
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.modeling.factory import build_mask_rcnn
 
     try:
         source = build_mask_rcnn(source_config)
@@ -364,7 +364,7 @@ def transfer_weights(
 
     The checkpoint's model is rebuilt from the config saved beside it.
     """
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.modeling.factory import build_mask_rcnn
 
     path = resolve_checkpoint(checkpoint)
     saved = run_config_path(path)
@@ -374,10 +374,7 @@ def transfer_weights(
             "its run directory to rebuild the model it was saved from"
         )
     source_config = load_config(saved)
-    source_config.img_height, source_config.img_width = (
-        model.config.img_height,
-        model.config.img_width,
-    )
+    source_config.img_height, source_config.img_width = (*model.image_size,)
     source = build_mask_rcnn(source_config)
     load_weights_checked(source, path, source_config=source_config)
     by_path = {w.path: w for w in source.weights}

@@ -27,7 +27,7 @@ import functools
 from collections.abc import Iterator
 from pathlib import Path
 
-PRECISIONS = ("float32", "bfloat16", "float16", "auto")
+from maskspine.choices import PRECISIONS
 
 #: The Keras dtype policy of each resolved precision.
 KERAS_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}

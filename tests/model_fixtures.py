@@ -127,7 +127,7 @@ def write_run(folder, config):
 
     from maskspine.checkpoints import save_weights_atomic
     from maskspine.config import save_config
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.modeling.factory import build_mask_rcnn
 
     folder = Path(folder)
     save_config(config, folder / "config.yaml")

@@ -56,7 +56,7 @@ def test_overrides_are_parsed_with_yaml_typing(tmp_path):
     config = load_config(
         path,
         [
-            "backbone.arch=49S",
+            "backbone.arch=96",
             "lr=0.02",
             "lr_steps=[8,11]",
             "train_cfg.rcnn.sampler.add_gt_as_proposals=false",
@@ -64,7 +64,7 @@ def test_overrides_are_parsed_with_yaml_typing(tmp_path):
             "coco_classes=from_data",
         ],
     )
-    assert config.backbone.arch == "49S"
+    assert config.backbone.arch == "96"
     assert config.lr == pytest.approx(0.02)
     assert config.lr_steps == [8, 11]
     assert config.train_cfg.rcnn.sampler.add_gt_as_proposals is False

@@ -155,7 +155,7 @@ def exported(tmp_path_factory):
     full masks (D = 20 detections, score threshold 0 so that an untrained model detects)."""
     import keras
 
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.modeling.factory import build_mask_rcnn
 
     root = tmp_path_factory.mktemp("export")
     keras.utils.set_random_seed(0)

@@ -73,7 +73,7 @@ def test_eval_gives_its_aps(legacy, expected):
 
 def test_pretrained_takes_every_weight(legacy, expected):
     from maskspine.checkpoints import load_model, transfer_weights
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.modeling.factory import build_mask_rcnn
 
     _, config, _ = load_model(legacy / "run")
     fresh = build_mask_rcnn(config)

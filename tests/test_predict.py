@@ -238,7 +238,7 @@ def test_eval_and_infer_share_post_processing(tmp_path, tiny_config):
     prepared data set) give the same boxes, scores and RLE masks."""
     from maskspine.data import build_dataset
     from maskspine.evaluation.runner import predict_coco_results
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.modeling.factory import build_mask_rcnn
 
     labels = write_shapes_split(tmp_path / "val", 3, seed=4, split_index=1, spec=SMALL_SHAPES)
     config = dataclasses.replace(

@@ -17,8 +17,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
+
+from maskspine.choices import RATIO_CONVENTIONS
 
 
 def stride_to_level(stride: int) -> int:
@@ -33,10 +36,6 @@ def feature_size(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
     """(H_l, W_l) = (ceil(H / stride), ceil(W / stride)) for an input of (H, W) pixels."""
     height, width = image_size
     return math.ceil(height / stride), math.ceil(width / stride)
-
-
-#: `ratio_convention` values: what an anchor ratio r means.
-RATIO_CONVENTIONS = ("height_over_width", "width_over_height")
 
 
 def _cell_anchors(
@@ -110,3 +109,62 @@ def generate_anchors(
         )
         for stride in strides
     }
+
+
+@keras.saving.register_keras_serializable(package="maskspine")
+class AnchorGenerator:
+    """The anchors of every level for one input size, computed once (constants of the graph).
+
+    Args:
+        image_size: (height, width) of the network input in pixels.
+        strides, scales, ratios, ratio_convention: see `generate_anchors`; the convention
+            "width_over_height" is tensorflow/tpu's (`models/official/detection/dataloader/
+            anchor.py`) and Model Garden's (`official/vision/ops/anchor.py`).
+
+    Attributes:
+        levels: the levels, increasing.
+        num_anchors: anchors per feature-map cell (A).
+    """
+
+    def __init__(
+        self,
+        image_size: Sequence[int],
+        strides: Sequence[int],
+        scales: Sequence[float],
+        ratios: Sequence[float],
+        ratio_convention: str = "height_over_width",
+    ) -> None:
+        self.image_size = tuple(int(v) for v in image_size)
+        self.strides = [int(v) for v in strides]
+        self.scales = [float(v) for v in scales]
+        self.ratios = [float(v) for v in ratios]
+        self.ratio_convention = ratio_convention
+        self.num_anchors = len(self.scales) * len(self.ratios)
+        self._anchors = {
+            stride_to_level(stride): _level_anchors(
+                self.image_size, stride, self.scales, self.ratios, ratio_convention
+            )
+            for stride in self.strides
+        }
+        self.levels = sorted(self._anchors)
+
+    def by_level(self) -> dict[int, tf.Tensor]:
+        """{level: [N_l, 4] float32 yxyx input pixels} (see `generate_anchors`)."""
+        return {level: tf.constant(anchors) for level, anchors in self._anchors.items()}
+
+    def concatenated(self) -> tf.Tensor:
+        """[A, 4] float32: every level's anchors, in increasing level order."""
+        return tf.constant(np.concatenate([self._anchors[level] for level in self.levels]))
+
+    def get_config(self) -> dict:
+        return {
+            "image_size": list(self.image_size),
+            "strides": self.strides,
+            "scales": self.scales,
+            "ratios": self.ratios,
+            "ratio_convention": self.ratio_convention,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> AnchorGenerator:
+        return cls(**config)

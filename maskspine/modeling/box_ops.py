@@ -13,7 +13,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import keras
 import tensorflow as tf
+
+from maskspine.choices import DHDW_CLIPS
+from maskspine.modeling.part import Part
 
 #: mmdetection's default bound on |dh|, |dw| when decoding: exp(max_ratio) = 1000 / 16.
 DEFAULT_MAX_RATIO = abs(math.log(16.0 / 1000.0))
@@ -78,7 +82,6 @@ def pairwise_overlaps(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tuple[tf.Tensor, 
 
 
 #: `dhdw_clip` values of `decode_boxes`: clip dh, dw on both sides or from above only.
-DHDW_CLIPS = ("both", "upper")
 
 
 def _centres_and_sizes(
@@ -208,3 +211,33 @@ def clip_boxes(boxes: tf.Tensor, image_shape, *, legacy_plus_one: bool = False) 
         image_shape = image_shape - 1.0
     limits = tf.concat([image_shape, image_shape], axis=-1)  # (h, w, h, w)
     return tf.minimum(tf.maximum(boxes, 0.0), limits)
+
+
+@keras.saving.register_keras_serializable(package="maskspine")
+class ImageWindow(Part):
+    """The [B, 2] (height, width) region of the input that proposals and detections are
+    clipped to and anchors are kept in.
+
+    Args:
+        input_size: (height, width) of the network input.
+        clip_boxes_to: "image": the scaled image inside the padded input (image_info row 1,
+            the reference's); "input": the whole input, as tensorflow/tpu
+            (`models/official/detection/modeling/maskrcnn_model.py`) and Model Garden
+            (`official/vision/ops/preprocess_ops.py`: image_info row 1 is the desired size)
+            clip. Without image_info, the whole input.
+
+    Call: (images [B, H, W, 3], image_info [B, 4, 2] or None) -> [B, 2] float32.
+    """
+
+    def __init__(self, *, input_size: Sequence[int], clip_boxes_to: str = "image", **kwargs):
+        super().__init__(
+            {"input_size": [int(v) for v in input_size], "clip_boxes_to": clip_boxes_to},
+            **kwargs,
+        )
+        self.input_size = [float(v) for v in input_size]
+        self.use_image_info = clip_boxes_to == "image"
+
+    def call(self, images, image_info=None):
+        if image_info is not None and self.use_image_info:
+            return tf.cast(image_info[:, 1, :], tf.float32)
+        return tf.tile(tf.constant([self.input_size], tf.float32), [tf.shape(images)[0], 1])

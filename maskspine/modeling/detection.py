@@ -4,11 +4,14 @@ NMS ops, or with `nms_implementation="tiled"` `nms.tiled_nms`, which compiles wi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import keras
 import tensorflow as tf
 
 from maskspine.modeling import box_ops
 from maskspine.modeling.nms import NMS_RULES, combined_nms, padded_nms, sort_candidates
+from maskspine.modeling.part import Part
 
 
 def detect_boxes(
@@ -152,3 +155,54 @@ def _padded_per_class_nms(
         "detection_classes": tf.where(valid, tf.gather(classes, best), 0),
         "num_detections": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
     }
+
+
+@keras.saving.register_keras_serializable(package="maskspine")
+class DetectionGenerator(Part):
+    """The box head's outputs -> final detections (`detect_boxes`).
+
+    Args:
+        score_thr, iou_threshold, max_per_img: per-class NMS settings (test_cfg.rcnn).
+        nms_rule: "combined" (the reference's rule) or "padded" (tensorflow/tpu
+            `models/official/detection/ops/postprocess_ops.py`, Model Garden
+            `official/vision/modeling/layers/detection_generator.py`).
+        nms_implementation: "tf_image", or "tiled" (static shapes: XLA).
+        box_coder: the R-CNN box coder: `means`, `stds`, `legacy_plus_one`, `dhdw_clip`.
+
+    Call: (class_logits [B, N, C], box_deltas [B, N, C or 1, 4], proposals [B, N, 4],
+    valid [B, N], image_shape [B, 2]) -> the detection dict without masks
+    (`detect_boxes`).
+    """
+
+    def __init__(
+        self,
+        *,
+        score_thr: float,
+        iou_threshold: float,
+        max_per_img: int,
+        box_coder: dict[str, Any],
+        nms_rule: str = "combined",
+        nms_implementation: str = "tf_image",
+        **kwargs,
+    ) -> None:
+        self.nms_settings = {
+            "score_thr": score_thr,
+            "iou_threshold": iou_threshold,
+            "max_per_img": max_per_img,
+            "nms_rule": nms_rule,
+            "nms_implementation": nms_implementation,
+        }
+        super().__init__({**self.nms_settings, "box_coder": box_coder}, **kwargs)
+        self.box_coder = dict(box_coder)
+        self.max_per_img = int(max_per_img)
+
+    def call(self, class_logits, box_deltas, proposals, valid, image_shape):
+        return detect_boxes(
+            class_logits,
+            box_deltas,
+            proposals,
+            valid,
+            image_shape,
+            **self.nms_settings,
+            **self.box_coder,
+        )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from maskspine.choices import CONV_PADDINGS
+
 KERNEL_INITIALIZER = "VarianceScaling"
 
 
@@ -85,7 +87,7 @@ def batch_norm(x, *, momentum: float, epsilon: float, name: str):
 
 
 #: `padding` values of `conv_bn`: Keras 'same', or symmetric zeros then 'valid' for strides > 1.
-PADDINGS = ("same", "symmetric")
+PADDINGS = CONV_PADDINGS
 
 
 def conv_bn(

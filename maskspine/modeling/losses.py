@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import keras
 import tensorflow as tf
+
+from maskspine.modeling.part import Part
 
 __all__ = ["mask_loss", "rcnn_losses", "rpn_losses", "smooth_l1"]
 
@@ -104,8 +107,8 @@ def rcnn_losses(
 
     Args:
         class_logits: [B, S, num_classes] float logits, class 0 = background.
-        box_deltas: [B, S, num_classes, 4] class-specific or [B, S, 4] class-agnostic
-            predicted deltas.
+        box_deltas: [B, S, num_classes, 4] class-specific, or [B, S, 1, 4] or [B, S, 4]
+            class-agnostic predicted deltas.
         class_targets: [B, S] int, 0 for background, 1..num_classes-1 for positives;
             any value where `roi_valid` is False.
         box_targets: [B, S, 4] float target deltas.
@@ -127,7 +130,9 @@ def rcnn_losses(
     cls_loss = tf.reduce_sum(cross_entropy * valid) / num_rois
 
     deltas = tf.cast(box_deltas, tf.float32)
-    if deltas.shape.rank == 4:
+    if deltas.shape.rank == 4 and deltas.shape[2] == 1:  # class-agnostic, [B, S, 1, 4]
+        deltas = deltas[:, :, 0]
+    elif deltas.shape.rank == 4:
         deltas = tf.gather(deltas, labels, axis=2, batch_dims=2)  # [B, S, 4]
     elif deltas.shape.rank != 3:
         raise ValueError(
@@ -185,3 +190,76 @@ def _box_loss(deltas, targets, weight, beta: float, normaliser) -> tf.Tensor:
 
 def _scale(loss_weight: float | tf.Tensor) -> tf.Tensor:
     return tf.cast(loss_weight, tf.float32)
+
+
+@keras.saving.register_keras_serializable(package="maskspine")
+class MaskRCNNLoss(Part):
+    """The weighted losses of Mask R-CNN (mmdetection's conventions, the reference's):
+    `rpn_losses`, `rcnn_losses` and `mask_loss` with the config's betas and weights.
+
+    Args:
+        rpn_beta, rpn_cls_weight, rpn_box_weight: rpn.loss_bbox.beta, rpn.loss_cls /
+            loss_bbox loss_weight.
+        rcnn_beta, rcnn_cls_weight, rcnn_box_weight: the same of bbox_head.
+        mask_weight: mask_head.loss_mask.loss_weight.
+    """
+
+    def __init__(
+        self,
+        *,
+        rpn_beta: float,
+        rpn_cls_weight: float = 1.0,
+        rpn_box_weight: float = 1.0,
+        rcnn_beta: float,
+        rcnn_cls_weight: float = 1.0,
+        rcnn_box_weight: float = 1.0,
+        mask_weight: float = 1.0,
+        **kwargs,
+    ) -> None:
+        self.weights_of = {
+            "rpn": {"beta": rpn_beta, "cls_weight": rpn_cls_weight, "box_weight": rpn_box_weight},
+            "rcnn": {
+                "beta": rcnn_beta,
+                "cls_weight": rcnn_cls_weight,
+                "box_weight": rcnn_box_weight,
+            },
+            "mask": {"weight": mask_weight},
+        }
+        super().__init__(
+            {
+                "rpn_beta": rpn_beta,
+                "rpn_cls_weight": rpn_cls_weight,
+                "rpn_box_weight": rpn_box_weight,
+                "rcnn_beta": rcnn_beta,
+                "rcnn_cls_weight": rcnn_cls_weight,
+                "rcnn_box_weight": rcnn_box_weight,
+                "mask_weight": mask_weight,
+            },
+            **kwargs,
+        )
+
+    def rpn(self, objectness_logits, box_deltas, targets) -> dict[str, tf.Tensor]:
+        """`rpn_losses` of [B, A] logits and [B, A, 4] deltas against `AnchorLabeler`'s."""
+        return rpn_losses(objectness_logits, box_deltas, targets, **self.weights_of["rpn"])
+
+    def rcnn(self, class_logits, box_deltas, rcnn) -> dict[str, tf.Tensor]:
+        """`rcnn_losses` of the box head's outputs against `RoISampler`'s targets."""
+        return rcnn_losses(
+            class_logits,
+            box_deltas,
+            rcnn["class_targets"],
+            rcnn["box_deltas"],
+            rcnn["box_weight"],
+            rcnn["roi_valid"],
+            **self.weights_of["rcnn"],
+        )
+
+    def mask(self, mask_logits, masks) -> dict[str, tf.Tensor]:
+        """`mask_loss` of the mask head's logits against `MaskSampler`'s targets."""
+        return mask_loss(
+            mask_logits, masks["targets"], masks["positive"], **self.weights_of["mask"]
+        )
+
+    def call(self, losses: dict[str, tf.Tensor]) -> tf.Tensor:
+        """The total: the sum of the (weighted) losses, float32."""
+        return tf.add_n([tf.cast(value, tf.float32) for value in losses.values()])

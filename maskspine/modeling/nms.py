@@ -31,11 +31,11 @@ import functools
 
 import tensorflow as tf
 
+from maskspine.choices import NMS_IMPLEMENTATIONS, NMS_RULES
+
 #: `nms_rule` values of the proposal and detection configs.
-NMS_RULES = ("combined", "padded")
 
 #: `implementation` values (the default first): TensorFlow's NMS ops, or `tiled_nms`.
-NMS_IMPLEMENTATIONS = ("tf_image", "tiled")
 
 
 #: Boxes compared at once by the tiled NMS. The result does not depend on it (tiles only
@@ -237,7 +237,7 @@ def sort_candidates(
 
 
 #: `rule` values of `tiled_nms`.
-TILED_NMS_RULES = ("combined", "padded")
+TILED_NMS_RULES = NMS_RULES
 
 
 def tiled_nms(

@@ -53,14 +53,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
+import keras
 import tensorflow as tf
 
+from maskspine.choices import LEVEL_ASSIGNMENTS, ROI_METHODS
 from maskspine.modeling.bilinear import gather_bilinear, roi_align_samples
+from maskspine.modeling.part import Part
 
 __all__ = ["ROI_ALIGN_METHODS", "assign_box_levels", "multilevel_roi_align", "roi_align"]
 
 #: `method` values of `roi_align` / `multilevel_roi_align` (the default first).
-ROI_ALIGN_METHODS = ("crop_and_resize", "gather")
+ROI_ALIGN_METHODS = ROI_METHODS
 
 
 def roi_align(
@@ -121,7 +124,6 @@ def roi_align(
 
 
 #: `level_assignment` values of `assign_box_levels` / `multilevel_roi_align`.
-LEVEL_ASSIGNMENTS = ("finest_scale", "canonical")
 #: The FPN paper's canonical box size and level (Lin et al. 2017, eq. 1).
 CANONICAL_SIZE, CANONICAL_LEVEL = 224.0, 4
 
@@ -525,3 +527,48 @@ def _align_by_gather(
     )  # [M, S, S, C]
     pooled = tf.reshape(pooled, [batch, num_boxes, output_size, output_size, channels])
     return tf.cast(pooled, maps[0].dtype)
+
+
+@keras.saving.register_keras_serializable(package="maskspine")
+class RoIAligner(Part):
+    """Multilevel RoIAlign of boxes on the backbone's features (`multilevel_roi_align`).
+
+    Args:
+        output_size, featmap_strides, finest_scale, sampling_ratio: see
+            `multilevel_roi_align`.
+        aligned: torchvision's `aligned=True` (the reference); False: one unaligned sample
+            per bin as tensorflow/tpu `models/official/detection/ops/spatial_transform_ops.py`
+            and Model Garden `official/vision/ops/spatial_transform_ops.py` sample.
+        level_assignment: "finest_scale" (mmdetection, the reference) or "canonical" (the
+            FPN paper's rule of both originals' `multilevel_crop_and_resize`).
+        method: "crop_and_resize", or "gather" (XLA).
+
+    Call: (features {"P3".. or 3..: [B, H_l, W_l, C]}, boxes [B, N, 4] yxyx input pixels)
+    -> [B, N, S, S, C] in the features' dtype.
+    """
+
+    def __init__(
+        self,
+        *,
+        output_size: int,
+        featmap_strides: Sequence[int],
+        finest_scale: int = 56,
+        sampling_ratio: int = 2,
+        aligned: bool = True,
+        level_assignment: str = "finest_scale",
+        method: str = "crop_and_resize",
+        **kwargs,
+    ) -> None:
+        self.settings = {
+            "output_size": int(output_size),
+            "featmap_strides": [int(v) for v in featmap_strides],
+            "finest_scale": finest_scale,
+            "sampling_ratio": int(sampling_ratio),
+            "aligned": bool(aligned),
+            "level_assignment": level_assignment,
+            "method": method,
+        }
+        super().__init__(self.settings, **kwargs)
+
+    def call(self, features, boxes):
+        return multilevel_roi_align(features, boxes, **self.settings)

@@ -14,6 +14,7 @@ tensorflow/tpu and Model Garden compute instead (`generate_proposals`). With
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -21,6 +22,7 @@ from keras import layers
 
 from maskspine.modeling import box_ops
 from maskspine.modeling.nms import NMS_RULES, combined_nms, padded_nms
+from maskspine.modeling.part import Part
 
 
 @keras.saving.register_keras_serializable(package="maskspine")
@@ -269,3 +271,40 @@ def _best_over_levels(
 
 # Scores at or below this are padding (the other levels' columns, filtered boxes).
 _MIN_SCORE = 1e-8
+
+
+@keras.saving.register_keras_serializable(package="maskspine")
+class ProposalGenerator(Part):
+    """The RPN's outputs -> proposals (`generate_proposals`), with one setting for training
+    and one for inference.
+
+    Args:
+        train, test: `generate_proposals`' selection and NMS arguments for each mode:
+            `nms_pre`, `max_per_img`, `iou_threshold`, `min_bbox_size`, `size_filter`,
+            `nms_rule` ("combined", the reference's mmdetection rule; "padded", tensorflow/tpu
+            `models/official/detection/ops/roi_ops.py` and Model Garden
+            `official/vision/modeling/layers/roi_generator.py`) and `nms_implementation`
+            ("tf_image", or "tiled" for XLA).
+        box_coder: the RPN box coder: `means`, `stds`, `legacy_plus_one`, `dhdw_clip`.
+
+    Call: (objectness {level: [B, N_l]}, deltas {level: [B, N_l, 4]}, anchors {level:
+    [N_l, 4]}, image_shape [B, 2], training) -> (proposals [B, P, 4] yxyx input pixels,
+    scores [B, P], valid [B, P] bool), P the mode's `max_per_img`.
+    """
+
+    def __init__(
+        self, train: dict[str, Any], test: dict[str, Any], box_coder: dict[str, Any], **kwargs
+    ) -> None:
+        super().__init__({"train": train, "test": test, "box_coder": box_coder}, **kwargs)
+        self.settings = {True: dict(train), False: dict(test)}
+        self.box_coder = dict(box_coder)
+
+    def call(self, objectness, deltas, anchors, image_shape, training=False):
+        return generate_proposals(
+            objectness,
+            deltas,
+            anchors,
+            image_shape,
+            **self.settings[bool(training)],
+            **self.box_coder,
+        )

@@ -18,11 +18,13 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from maskspine.choices import ROI_METHODS
 from maskspine.modeling.bilinear import crop_and_resize_samples, gather_bilinear
 from maskspine.modeling.box_ops import encode_boxes, pairwise_overlaps
+from maskspine.modeling.part import Part
 
 #: `method` values of `mask_targets` (the default first).
-MASK_TARGET_METHODS = ("crop_and_resize", "gather")
+MASK_TARGET_METHODS = ROI_METHODS
 
 
 def assign_max_iou(
@@ -538,3 +540,133 @@ def _crop_and_resize_by_gather(
     return gather_bilinear(
         table, box_indices * (height * width), tf.fill(tf.shape(box_indices), width), y, x
     )
+
+
+def _step_seed(seed: int, stream: str, step, replica) -> tf.Tensor | None:
+    """The stateless seed of one sampler (`stream`) in one step on one replica; None (the
+    stateful generator) without a step."""
+    if step is None:
+        return None
+    return sampler_seeds(sampling_seed(seed, step, 0 if replica is None else replica))[stream]
+
+
+@keras.saving.register_keras_serializable(package="maskspine")
+class AnchorLabeler(Part):
+    """RPN targets: every anchor assigned to a ground-truth box, a balanced sample of them
+    drawn, box targets encoded (`rpn_targets`; train_cfg.rpn, rpn.bbox_coder).
+
+    Args:
+        assigner: `assign_max_iou` settings (`pos_iou_thr`, `neg_iou_thr`, `min_pos_iou`,
+            `match_low_quality`).
+        sampler: `sample_balanced` settings (`num`, `pos_fraction`, `neg_pos_ub`,
+            `add_gt_as_proposals` False).
+        box_coder: `means`, `stds`, `legacy_plus_one`.
+        seed: the run's seed: with a step, the sample is drawn statelessly from (seed, step,
+            replica), so that a resumed run draws what the uninterrupted run drew.
+
+    Call: (anchors [A, 4], gt_boxes [B, G, 4], gt_classes [B, G], gt_is_crowd [B, G],
+    image_shape [B, 2], step=None, replica=None) -> `rpn_targets`' dict.
+    """
+
+    def __init__(self, *, assigner: dict, sampler: dict, box_coder: dict, seed: int = 0, **kwargs):
+        super().__init__(
+            {"assigner": assigner, "sampler": sampler, "box_coder": box_coder, "seed": seed},
+            **kwargs,
+        )
+        self.arguments = {**assigner, **sampler, **box_coder}
+        self.seed = int(seed)
+
+    def call(
+        self, anchors, gt_boxes, gt_classes, gt_is_crowd, image_shape, step=None, replica=None
+    ):
+        return rpn_targets(
+            anchors,
+            gt_boxes,
+            gt_classes,
+            gt_is_crowd,
+            image_shape,
+            **self.arguments,
+            seed=_step_seed(self.seed, "rpn", step, replica),
+        )
+
+
+@keras.saving.register_keras_serializable(package="maskspine")
+class RoISampler(Part):
+    """R-CNN targets: proposals (and the ground truth) assigned, a balanced sample of RoIs
+    drawn, class and box targets (`rcnn_targets`; train_cfg.rcnn, bbox_head.bbox_coder).
+
+    Args: as `AnchorLabeler`'s (the sampler's `num` is the RoIs per image, S).
+
+    Call: (proposals [B, N, 4], valid [B, N], gt_boxes, gt_classes, gt_is_crowd, step=None,
+    replica=None) -> `rcnn_targets`' dict (rois [B, S, 4], ...).
+    """
+
+    def __init__(self, *, assigner: dict, sampler: dict, box_coder: dict, seed: int = 0, **kwargs):
+        super().__init__(
+            {"assigner": assigner, "sampler": sampler, "box_coder": box_coder, "seed": seed},
+            **kwargs,
+        )
+        self.arguments = {**assigner, **sampler, **box_coder}
+        self.seed = int(seed)
+        self.num_rois = int(sampler["num"])
+
+    def call(self, proposals, valid, gt_boxes, gt_classes, gt_is_crowd, step=None, replica=None):
+        return rcnn_targets(
+            proposals,
+            valid,
+            gt_boxes,
+            gt_classes,
+            gt_is_crowd,
+            **self.arguments,
+            seed=_step_seed(self.seed, "rcnn", step, replica),
+        )
+
+
+@keras.saving.register_keras_serializable(package="maskspine")
+class MaskSampler(Part):
+    """The RoIs the mask head learns from: the first `num_masks` positives of each image's
+    sample (in sampled order), each one's class and its mask target (`mask_targets`).
+
+    Args:
+        num_masks: RoIs per image for the mask head (mask_roi.sample_num, at most the
+            R-CNN sample's size).
+        mask_size: the targets' side (train_cfg.rcnn.mask_size).
+        method: "crop_and_resize", or "gather" (XLA).
+
+    Call: (rcnn targets `RoISampler` gave, gt_boxes [B, G, 4], gt_masks [B, G, M, M]) ->
+    {"rois" [B, K, 4], "classes" [B, K] (each positive's class, 0 for padding: the mask
+    head's channel), "targets" [B, K, mask_size, mask_size], "positive" [B, K]}.
+    """
+
+    def __init__(
+        self, *, num_masks: int, mask_size: int, method: str = "crop_and_resize", **kwargs
+    ):
+        super().__init__(
+            {"num_masks": num_masks, "mask_size": mask_size, "method": method}, **kwargs
+        )
+        self.num_masks = int(num_masks)
+        self.mask_size = int(mask_size)
+        self.method = method
+
+    def call(self, rcnn, gt_boxes, gt_masks):
+        positive = rcnn["positive"]
+        # top_k keeps the lower index first among ties: positives in sampled order.
+        picked = tf.math.top_k(tf.cast(positive, tf.float32), k=self.num_masks).indices
+        rois = tf.gather(rcnn["rois"], picked, batch_dims=1)
+        picked_positive = tf.gather(positive, picked, batch_dims=1)
+        classes = tf.gather(rcnn["class_targets"], picked, batch_dims=1)
+        matched = tf.gather(rcnn["matched_gt"], picked, batch_dims=1)
+        targets = mask_targets(
+            rois,
+            tf.gather(tf.cast(gt_boxes, tf.float32), matched, batch_dims=1),
+            gt_masks,
+            matched,
+            mask_size=self.mask_size,
+            method=self.method,
+        )
+        return {
+            "rois": rois,
+            "classes": tf.where(picked_positive, classes, 0),
+            "targets": targets,
+            "positive": picked_positive,
+        }

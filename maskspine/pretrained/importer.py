@@ -157,7 +157,7 @@ def import_weights(
         say(f"reading {checkpoint.prefix}")
         mapping = _variable_map(config, checkpoint)
         _check(mapping, checkpoint, format, model, expected=None)
-        from maskspine.modeling.mask_rcnn import build_mask_rcnn
+        from maskspine.modeling.factory import build_mask_rcnn
 
         say(f"building SpineNet-{model} Mask R-CNN ({config.img_height}x{config.img_width})")
         network = build_mask_rcnn(config)
@@ -251,7 +251,7 @@ def _check(
 def _guess_model(shapes: dict[str, tuple[int, ...]], format: str, *, exclude: str) -> str | None:
     """The model id(s) whose variable names the checkpoint has (narrowed by the width of the
     endpoints when names alone do not decide, e.g. 49 and 49S), as "49" or "49 or 49S"."""
-    from maskspine.modeling.mask_rcnn import endpoint_channels
+    from maskspine.config.schema import endpoint_channels
 
     keys = {key for key in shapes if _why_ignored(key, format) is None}
     fits, widths = [], []

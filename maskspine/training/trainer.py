@@ -69,7 +69,7 @@ from maskspine.config import (
 )
 from maskspine.data import build_dataset, load_categories, prepare_source
 from maskspine.files import write_text_atomic
-from maskspine.modeling.mask_rcnn import build_mask_rcnn
+from maskspine.modeling.factory import build_mask_rcnn
 from maskspine.training import TrainingError
 from maskspine.training import callbacks as cb
 from maskspine.training.optimizer import build_optimizer
@@ -352,12 +352,18 @@ def _train_in(
     logger.info("Steps per epoch: %d", steps_per_epoch)
 
     logger.info("Creating network...")
+    # The parts' variables in the strategy's scope, the model composing them outside it:
+    # Keras then trains under the strategy in scope at fit (`build_mask_rcnn`).
+    model = build_mask_rcnn(config, strategy)
     with strategy.scope():
-        model = build_mask_rcnn(config)
         optimizer = build_optimizer(config, steps_per_epoch, model.precision)
-        model.compile(optimizer=optimizer, jit_compile=False, auto_scale_loss=False)
+        # XLA when jit_compile resolved true (`maskspine.jit`): the model was built for it.
+        model.compile(optimizer=optimizer, auto_scale_loss=False)
     logger.info("Number of parameters: %d", model.count_params())
     logger.info("Precision: %s (config: %s)", model.precision, config.precision)
+    logger.info(
+        "XLA: %s (config jit_compile: %s)", "on" if model.xla else "off", config.jit_compile
+    )
     logger.info("Device type: %s", "GPU" if tf.config.list_logical_devices("GPU") else "CPU")
 
     state = cb.TrainingState(run_dir)
@@ -442,15 +448,16 @@ def _train_in(
         items = callbacks(first_step)
         # Each segment reads the data from the batch the run has reached.
         train_set = _training_stream(config, train_data, global_batch, state.global_step)
-        fit = model.fit(
-            train_set,
-            initial_epoch=initial_epoch,
-            epochs=end_epoch,
-            steps_per_epoch=steps,
-            callbacks=items,
-            verbose=verbose,
-            shuffle=False,  # the stream is shuffled per pass already (Keras would warn)
-        )
+        with strategy.scope():
+            fit = model.fit(
+                train_set,
+                initial_epoch=initial_epoch,
+                epochs=end_epoch,
+                steps_per_epoch=steps,
+                callbacks=items,
+                verbose=verbose,
+                shuffle=False,  # the stream is shuffled per pass already (Keras would warn)
+            )
         for key, values in fit.history.items():
             history.setdefault(key, []).extend(values)
         for item in items:

@@ -9,10 +9,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from model_fixtures import REPO, make_batch
+from model_fixtures import REPO, TINY_OVERRIDES, make_batch
 
 from maskspine.config import ConfigError, load_config
-from maskspine.modeling.mask_rcnn import LOSS_NAMES, build_mask_rcnn
+from maskspine.modeling.factory import build_mask_rcnn
+from maskspine.modeling.mask_rcnn import LOSS_NAMES
 
 #: The reference's log prints "Number of parameters: 40785333" for SpineNet-49
 #: Mask R-CNN with 81 classes (its README, "Training process").
@@ -122,10 +123,12 @@ def test_loss_weights_from_the_config_are_applied(tiny_config):
     keras.utils.set_random_seed(3)
     model = build_mask_rcnn(tiny_config)
     batch, _ = make_batch(1)
-    base = model.compute_losses(batch, training=False)
+    base = model.compute_losses(batch, training=False, step=0)
     tiny_config.mask_head.loss_mask.loss_weight = 2.0
     tiny_config.rpn.loss_cls.loss_weight = 0.5
-    weighted = model.compute_losses(batch, training=False)
+    weighted_model = build_mask_rcnn(tiny_config)
+    weighted_model.set_weights(model.get_weights())
+    weighted = weighted_model.compute_losses(batch, training=False, step=0)
     assert float(weighted["mask_loss"]) == pytest.approx(2.0 * float(base["mask_loss"]), rel=1e-4)
     assert float(weighted["rpn_cls_loss"]) == pytest.approx(
         0.5 * float(base["rpn_cls_loss"]), rel=1e-4
@@ -147,16 +150,17 @@ def test_weights_and_keras_file_round_trip(tiny_config, tmp_path):
             np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), atol=1e-5)
 
 
-def test_channel_mismatch_is_a_config_error(tiny_config):
-    tiny_config.bbox_head.in_channels = 64
+def test_channel_mismatch_is_a_config_error_when_it_loads():
+    config = os.path.join(REPO, "configs", "shapes_demo.yaml")
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("bbox_head.in_channels")]
     with pytest.raises(ConfigError, match=r"bbox_head.in_channels is 64 .* 32-channel"):
-        build_mask_rcnn(tiny_config)
+        load_config(config, [*overrides, "bbox_head.in_channels=64"])
 
 
-def test_mask_size_must_match_the_mask_head(tiny_config):
-    tiny_config.train_cfg.rcnn.mask_size = 14
+def test_mask_size_must_match_the_mask_head_when_it_loads():
+    config = os.path.join(REPO, "configs", "shapes_demo.yaml")
     with pytest.raises(ConfigError, match="mask_size"):
-        build_mask_rcnn(tiny_config)
+        load_config(config, [*TINY_OVERRIDES, "train_cfg.rcnn.mask_size=14"])
 
 
 def test_classes_from_data_must_be_resolved_first():

@@ -11,7 +11,7 @@ import tensorflow as tf
 from model_fixtures import make_batch
 
 from maskspine.boxes import box_overlaps
-from maskspine.modeling.mask_rcnn import build_mask_rcnn
+from maskspine.modeling.factory import build_mask_rcnn
 
 
 def train(config, batch, steps: int, frozen_bn_steps: int = 0):

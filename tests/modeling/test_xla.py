@@ -26,7 +26,7 @@ import tensorflow as tf
 from model_fixtures import REPO, TINY_OVERRIDES, XLA_OVERRIDES, make_batch
 
 from maskspine.config import ConfigError, load_config
-from maskspine.modeling.mask_rcnn import build_mask_rcnn
+from maskspine.modeling.factory import build_mask_rcnn
 from maskspine.modeling.targets import sampling_seed
 
 

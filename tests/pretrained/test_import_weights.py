@@ -166,7 +166,7 @@ def test_real_spinenet49_tpu_checkpoint_every_value_lands_in_its_weight(tmp_path
 
 def _tiny_variables(format: str, model: str) -> tuple[dict, list[str]]:
     """Real names, shapes of the tiny model (TINY_PRETRAINED_OVERRIDES), pattern values."""
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.modeling.factory import build_mask_rcnn
 
     table = load_table(format, model)
     keys = [name for name, _, _ in table["variables"]]
@@ -349,7 +349,7 @@ def test_the_run_directory_config_has_the_coco_ids_and_the_overrides(tiny_run):
 
 def test_transfer_to_other_classes_takes_everything_but_the_class_layers(tiny_run):
     from maskspine.checkpoints import transfer_weights
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.modeling.factory import build_mask_rcnn
 
     config = load_config(tiny_run / "config.yaml",
                          ["coco_classes=[background, a, b]", "num_classes=3", "category_ids=[]"])  # fmt: skip
@@ -363,7 +363,7 @@ def test_transfer_to_other_classes_takes_everything_but_the_class_layers(tiny_ru
 @pytest.mark.slow
 @pytest.mark.parametrize(("format", "model"), CASES)
 def test_every_real_model_has_the_tables_shapes_and_parameter_count(format, model):
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.modeling.factory import build_mask_rcnn
 
     table = load_table(format, model)
     shapes = {name: tuple(shape) for name, shape, _ in table["variables"]}

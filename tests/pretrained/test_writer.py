@@ -11,7 +11,7 @@ from checkpoint_fixtures import TINY_PRETRAINED_OVERRIDES
 
 from maskspine.checkpoints import load_model, save_weights_atomic
 from maskspine.config import load_config, save_config
-from maskspine.modeling.mask_rcnn import build_mask_rcnn
+from maskspine.modeling.factory import build_mask_rcnn
 from maskspine.pretrained import WeightsImportError, import_weights
 from maskspine.pretrained import pretrained_config_path as config_path
 from maskspine.pretrained.writer import write_run_as_modelgarden

@@ -257,7 +257,7 @@ def test_a_mixed_precision_model_trains_on_cpu_with_float32_outputs(tiny_config,
     import tensorflow as tf
     from model_fixtures import make_batch
 
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.modeling.factory import build_mask_rcnn
 
     tiny_config.precision = precision
     model = build_mask_rcnn(tiny_config)
@@ -322,7 +322,7 @@ def test_a_float16_model_takes_a_loss_scaled_step_on_cpu(tiny_config):
     import tensorflow as tf
     from model_fixtures import make_batch
 
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.modeling.factory import build_mask_rcnn
 
     tiny_config.precision = "float16"
     tiny_config.loss_scale = 1024.0

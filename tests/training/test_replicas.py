@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 from model_fixtures import make_batch
 
-from maskspine.modeling.mask_rcnn import MaskRCNN, build_mask_rcnn
+from maskspine.modeling.factory import build_mask_rcnn
+from maskspine.modeling.mask_rcnn import MaskRCNN
 
 #: Every anchor / RoI sampled and BN frozen: nothing random and nothing that depends on how
 #: the batch is split, so one step must agree to float tolerance.
@@ -23,11 +24,11 @@ DETERMINISTIC = {
 
 
 def build(config, strategy):
+    model = build_mask_rcnn(config, strategy)
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
     with strategy.scope():
-        model = build_mask_rcnn(config)
-        for layer in model._flatten_layers():
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
         model.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=False)
     return model
 
@@ -38,23 +39,22 @@ def two_cpu_strategy() -> tf.distribute.MirroredStrategy:
     )
 
 
-def test_fit_still_calls_the_symbolic_build_the_model_skips(tiny_config, monkeypatch):
-    """MaskRCNN overrides Keras' private `_maybe_symbolic_build` (mask_rcnn.py says why): a
-    Keras whose fit no longer calls it would average a batch with bool tensors over the
-    replicas and fail. Stops at the call, before anything is traced."""
-
-    class Reached(Exception):
-        pass
-
-    def stop(self, iterator=None, data_batch=None):
-        raise Reached
-
-    monkeypatch.setattr(MaskRCNN, "_maybe_symbolic_build", stop)
-    model = build(tiny_config, two_cpu_strategy())
-    batch, _ = make_batch(2)
-    assert batch["gt_is_crowd"].dtype == bool
-    with pytest.raises(Reached):
-        model.fit(tf.data.Dataset.from_tensors(batch), verbose=0)
+def test_the_model_uses_no_private_keras_method_and_is_composed_outside_the_scope(
+    tiny_config,
+):
+    """No override of Keras' private API (Keras' `_maybe_symbolic_build` averages a batch
+    over the replicas, which fails on bool tensors, for a model composed in a strategy's
+    scope); the factory composes the model outside the scope instead, and composing it
+    inside one is a clear error."""
+    overridden = {
+        name
+        for name in vars(MaskRCNN)
+        if name.startswith("_") and not name.startswith("__") and hasattr(keras.Model, name)
+    }
+    assert overridden == set()
+    strategy = two_cpu_strategy()
+    with strategy.scope(), pytest.raises(RuntimeError, match="outside a distribution"):
+        build_mask_rcnn(tiny_config)
 
 
 @pytest.mark.slow  # two replicas' traces of the train step: over a minute on 2 cores
@@ -71,11 +71,14 @@ def test_two_replicas_match_one_replica(tiny_config):
     data = tf.data.Dataset.from_tensors(batch)
 
     single = build(tiny_config, tf.distribute.get_strategy())
-    mirrored = build(tiny_config, two_cpu_strategy())
+    strategy = two_cpu_strategy()
+    mirrored = build(tiny_config, strategy)
     mirrored.set_weights(single.get_weights())
 
     loss_one = single.fit(data, verbose=0).history
-    loss_two = mirrored.fit(data, verbose=0).history
+    with strategy.scope():
+        assert mirrored.distribute_strategy.num_replicas_in_sync == 2
+        loss_two = mirrored.fit(data, verbose=0).history
     for name in ("loss", "rpn_cls_loss", "rcnn_cls_loss", "mask_loss"):
         assert loss_two[name][0] == pytest.approx(loss_one[name][0], rel=1e-4), name
     for a, b in zip(single.trainable_weights, mirrored.trainable_weights):

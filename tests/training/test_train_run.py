@@ -178,7 +178,7 @@ def test_resume_continues_at_the_next_step_without_repeating_epochs(run_copy):
 
 def test_transfer_to_a_different_class_count(finished_run, small_shapes, tmp_path):
     from maskspine.checkpoints import transfer_weights
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.modeling.factory import build_mask_rcnn
 
     config = load_config(
         CONFIG,
@@ -204,7 +204,7 @@ def test_finetune_resets_class_layers_even_when_shapes_match(finished_run):
     from maskspine.checkpoints import CLASS_LAYERS, load_model, transfer_weights
 
     trained, config, _ = load_model(finished_run.run_dir)
-    from maskspine.modeling.mask_rcnn import build_mask_rcnn
+    from maskspine.modeling.factory import build_mask_rcnn
 
     model = build_mask_rcnn(config)  # same classes, fresh weights
     report = transfer_weights(model, finished_run.run_dir, fresh_class_layers=True)

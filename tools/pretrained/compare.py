@@ -135,8 +135,10 @@ def main() -> None:
         t_boxes = ref[f"rpn_boxes_l{level}"].reshape(1, -1, 4)
         line(f"RPN objectness logits P{level}", np.abs(objectness[level].numpy() - t_scores).max())
         line(f"RPN deltas P{level}", np.abs(deltas[level].numpy() - t_boxes).max())
-    image_shape = model._image_shape(images, info)
-    _, _, proposals, _ = model.propose(features, image_shape, training=False)
+    window = model.image_window(images, info)
+    proposals, _, _ = model.proposal_generator(
+        objectness, deltas, model.anchor_generator.by_level(), window, training=False
+    )
     proposals = proposals.numpy()[0]
     t_rois = ref["rpn_rois"][0]
     same = np.abs(proposals - t_rois).max(axis=1) <= BOX_TOL
@@ -153,7 +155,7 @@ def main() -> None:
           f"{as_set.sum()} as a set" + (f"; the moved rows' score differs from a neighbour's by "
           f"at most {max(gaps):.2g} (order of near-equal scores)" if gaps else ""))  # fmt: skip
     class_logits, box_deltas = model.box_head(
-        model.box_features(features, tf.constant(ref["rpn_rois"])), training=False
+        model.roi_aligner(features, tf.constant(ref["rpn_rois"])), training=False
     )
     line(
         "class logits on their proposals", np.abs(class_logits.numpy() - ref["class_outputs"]).max()

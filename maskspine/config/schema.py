@@ -1,32 +1,27 @@
-"""Typed configuration: dataclasses loaded from YAML, dotted overrides, validation.
+"""The config's schema: typed dataclasses whose keys follow the reference's YAML (its
+"Script Parameters" block), building one from a nested mapping with type checks, and the
+checks across keys (`validate`), run once when a config loads (`maskspine.config.loader`).
 
-Key names and nesting follow the reference's YAML (its "Script Parameters"
-block), so a config written for it can be carried over. Keys that only make
-sense on MindSpore are accepted and ignored with one warning line.
-
-    config = load_config("configs/mask_rcnn_49_640.yaml", ["backbone.arch=49S", "lr=0.02"])
+Every string choice is one of `maskspine.choices.CONFIG_CHOICES`; the model's structural
+rules (channels that must agree, strides of the backbone's levels, the input-size rule)
+are checked here too, against SpineNet's published architecture (`modeling.spinenet_specs`),
+so that a model that cannot be built never gets past loading. Nothing here imports
+TensorFlow.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
-import logging
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Union
 
-import yaml
-
+from maskspine.choices import CONFIG_CHOICES, SPINENET_ARCHS
 from maskspine.errors import ConfigError
-from maskspine.files import write_text_atomic
-from maskspine.precision import PRECISIONS
-
-logger = logging.getLogger(__name__)
+from maskspine.modeling.spinenet_specs import INPUT_SIZE_DIVISOR, SCALING_MAP
 
 #: Keys of the reference's YAML that only make sense on MindSpore: accepted, ignored.
 MINDSPORE_ONLY_KEYS = frozenset(
@@ -46,44 +41,6 @@ MINDSPORE_ONLY_KEYS = frozenset(
 
 #: The value of `coco_classes` that takes the class list from the training data's labels.json.
 CLASSES_FROM_DATA = "from_data"
-
-SPINENET_ARCHS = ("49S", "49", "96", "143", "143L", "190")
-
-#: img_height and img_width must be multiples of this, whatever backbone.max_level: 2**7,
-#: the stride of SpineNet's coarsest blocks, which every SpineNet builds and merges into
-#: finer levels (`modeling.spinenet.INPUT_SIZE_DIVISOR` explains why; equal by test).
-SPINENET_INPUT_SIZE_DIVISOR = 128
-
-#: norm_cfg.type values: per-replica BatchNorm, or BatchNorm synchronised over replicas.
-NORM_TYPES = ("BN", "SyncBN")
-
-#: Allowed values of the string options that select a behaviour of another codebase
-#: (key -> values, the default first). `validate` checks them.
-CHOICES = {
-    "backbone.conv_padding": ("same", "symmetric"),
-    "backbone.downsample_pooling": ("repeated", "single"),
-    "backbone.activation": ("relu", "swish"),
-    "rpn.activation": ("relu", "swish"),
-    "bbox_head.activation": ("relu", "swish"),
-    "mask_head.activation": ("relu", "swish"),
-    "rpn.anchor_generator.ratio_convention": ("height_over_width", "width_over_height"),
-    "rpn.bbox_coder.dhdw_clip": ("both", "upper"),
-    "bbox_head.bbox_coder.dhdw_clip": ("both", "upper"),
-    "roi.level_assignment": ("finest_scale", "canonical"),
-    "mask_roi.level_assignment": ("finest_scale", "canonical"),
-    "train_cfg.rpn_proposal.nms_rule": ("combined", "padded"),
-    "test_cfg.rpn.nms_rule": ("combined", "padded"),
-    "test_cfg.rcnn.nms_rule": ("combined", "padded"),
-    "roi.roi_layer.method": ("crop_and_resize", "gather"),
-    "mask_roi.roi_layer.method": ("crop_and_resize", "gather"),
-    "train_cfg.rcnn.mask_target_method": ("crop_and_resize", "gather"),
-    "train_cfg.rpn_proposal.nms_implementation": ("tf_image", "tiled"),
-    "test_cfg.rpn.nms_implementation": ("tf_image", "tiled"),
-    "test_cfg.rcnn.nms_implementation": ("tf_image", "tiled"),
-    "clip_boxes_to": ("image", "input"),
-    "resize_method": ("bilinear", "bilinear_legacy"),
-}
-
 
 # --------------------------------------------------------------------------- sections
 
@@ -468,6 +425,16 @@ class Config:
     finetune: int = 0
     pre_trained: str = ""
     precision: str = "float32"
+    #: XLA for the training step and inference: "auto" (decided per device kind by
+    #: `maskspine.jit.resolve_jit_compile`), "true" or "false". Under "true" the parts take
+    #: their compilable kernels (RoIAlign and mask targets by gathers, the tiled NMS).
+    jit_compile: bool | str = "auto"
+    #: "auto" (several workers, all GPUs or one device: `training.strategy`) or "tpu"
+    #: (`tf.distribute.TPUStrategy` on the TPU named by `tpu`).
+    strategy: str = "auto"
+    #: The TPU of `strategy: tpu` (`TPUClusterResolver`'s name: a name, a grpc:// address,
+    #: or "" for the one attached to this machine or named by the environment).
+    tpu: str = ""
     seed: int = 0
     deterministic: bool = False
     log_every: int = 100
@@ -545,124 +512,9 @@ class Config:
         return list(range(1, self.num_classes))
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def load_config(
-    path: str | Path | None,
-    overrides: Sequence[str] = (),
-    *,
-    base: Mapping[str, Any] | None = None,
-) -> Config:
-    """Loads a YAML config into a validated `Config`.
-
-    Args:
-        path: a YAML file, or None for the defaults alone.
-        overrides: `key=value` strings with dotted paths (`backbone.arch=49S`,
-            `lr=0.02`, `lr_steps=[8,11]`); values are parsed as YAML. Each is checked on its
-            own first, so that a misspelt key or a wrong type names the override.
-        base: a nested mapping (a saved run's config) that the file's keys, then the
-            overrides, are merged onto: a key the file does not set keeps the base's value.
-
-    Raises:
-        ConfigError: naming the file (or the override), the key and what would fix it.
-    """
-    source = str(path) if path is not None else "<defaults>"
-    data: dict[str, Any] = copy.deepcopy(dict(base)) if base is not None else {}
-    if path is not None:
-        _merge(data, read_yaml_mapping(path))
-    for override in overrides:
-        _merge(data, _parse_override(override))
-    return config_from_dict(data, source=source)
-
-
-def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML config file, as read (not yet checked).
-
-    Raises:
-        ConfigError: the file is missing, not text, not YAML (naming the line and column),
-            or not a mapping.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(
-            f"{path} is not a text file (not UTF-8): give a YAML config such as "
-            "configs/shapes_demo.yaml"
-        ) from None
-    except OSError as error:
-        raise ConfigError(f"cannot read the config {path}: {error.strerror or error}") from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML{_yaml_problem(error)}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
-    return loaded
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """Where and what a YAML error is, on one line (` at line 3, column 5: ...`)."""
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    context = getattr(error, "context", None)
-    return f"{where}: {problem}" + (f" ({context})" if context else "")
-
-
-def _merge(data: dict[str, Any], update: Mapping[str, Any]) -> None:
-    """Merges `update` into `data` key by key: nested mappings are merged, others replaced."""
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(data.get(key), dict):
-            _merge(data[key], value)
-        else:
-            data[key] = copy.deepcopy(value)
-
-
-def config_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> Config:
-    """Builds a validated `Config` from a nested mapping (as read from YAML)."""
-    ignored = sorted(key for key in data if key in MINDSPORE_ONLY_KEYS)
-    if ignored:
-        logger.warning(
-            "%s: ignoring keys that only apply to MindSpore: %s", source, ", ".join(ignored)
-        )
-    data = {key: value for key, value in data.items() if key not in MINDSPORE_ONLY_KEYS}
-    data = _fold_mixed_precision(data, source)
-    config = _build(Config(), data, source=source, prefix="")
-    validate(config, source=source)
-    return config
-
-
-def _fold_mixed_precision(data: dict[str, Any], source: str) -> dict[str, Any]:
-    """The reference's `mixed_precision: True / False` as `precision`: True is `auto`
-    (mixed precision where the hardware runs it natively), unless `precision` is given."""
-    if "mixed_precision" not in data:
-        return data
-    data = dict(data)
-    value = data.pop("mixed_precision")
-    if not isinstance(value, (bool, int)) or value not in (0, 1):
-        raise ConfigError(
-            f"{source}: mixed_precision = {value!r} has the wrong type: expected bool "
-            "(or use precision: float32 | bfloat16 | float16 | auto)"
-        )
-    if value and "precision" not in data:
-        data["precision"] = "auto"
-    return data
-
-
 def config_to_dict(config: Config) -> dict[str, Any]:
     """The config as a plain nested dict (YAML-ready)."""
     return dataclasses.asdict(config)
-
-
-def save_config(config: Config, path: str | Path) -> None:
-    """Writes the resolved config as YAML that `load_config` reads back unchanged."""
-    write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def flatten_config(config: Config) -> dict[str, Any]:
@@ -678,54 +530,6 @@ def flatten_config(config: Config) -> dict[str, Any]:
 
     walk(config_to_dict(config), "")
     return flat
-
-
-def config_differences(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
-    """(dotted key, old value, new value) of every key whose value differs, in key order."""
-    before, after = flatten_config(old), flatten_config(new)
-    return [(key, before[key], after[key]) for key in before if before[key] != after[key]]
-
-
-#: Keys a resumed run may not change: the weights' shapes and meaning (model, classes,
-#: input size), the optimizer's variables (its type, accumulation, loss scaling) and the
-#: position bookkeeping (global batch, steps per epoch, the training data and its order).
-#: A key or section listed here covers every key below it.
-RESUME_FROZEN_KEYS = (
-    "detector",
-    "backbone",
-    "rpn",
-    "bbox_head",
-    "mask_head",
-    "roi",
-    "mask_roi",
-    "coco_classes",
-    "num_classes",
-    "category_ids",
-    "img_width",
-    "img_height",
-    "divider",
-    "img_mean",
-    "img_std",
-    "to_rgb",
-    "keep_ratio",
-    "mask_crop_size",
-    "opt_type",
-    "accumulate_step",
-    "precision",
-    "batch_size",
-    "steps_per_epoch",
-    "train_dataset",
-    "train_dataset_num",
-    "seed",
-)
-
-#: Keys that name the run rather than configure it: a resumed run keeps its own.
-RUN_IDENTITY_KEYS = ("train_outputs", "brief")
-
-
-def is_frozen_on_resume(key: str) -> bool:
-    """True for a dotted key that `RESUME_FROZEN_KEYS` covers."""
-    return any(key == frozen or key.startswith(f"{frozen}.") for frozen in RESUME_FROZEN_KEYS)
 
 
 #: (top-level key, low, low excluded, high or None, high excluded): numeric ranges checked
@@ -758,7 +562,13 @@ _RANGES = (
 
 
 def validate(config: Config, *, source: str = "<config>") -> None:
-    """Cross-field checks that a type check cannot do."""
+    """The checks a type check cannot do: classes and their ids, every choice
+    (`maskspine.choices.CONFIG_CHOICES`), numeric ranges, and the model's structural rules
+    (`_check_model`). Run once, when a config loads.
+
+    Raises:
+        ConfigError: naming `source`, the key and the fix.
+    """
     if isinstance(config.coco_classes, str):
         if config.coco_classes != CLASSES_FROM_DATA:
             raise ConfigError(
@@ -789,32 +599,18 @@ def validate(config: Config, *, source: str = "<config>") -> None:
             f"{source}: backbone.arch {config.backbone.arch!r} is not a SpineNet model id; "
             f"use one of {', '.join(SPINENET_ARCHS)}{hint}"
         )
-    divisor = SPINENET_INPUT_SIZE_DIVISOR
+    if isinstance(config.jit_compile, bool):  # YAML's true / false
+        config.jit_compile = "true" if config.jit_compile else "false"
+    for key, allowed in CONFIG_CHOICES.items():
+        value = _lookup(config, key)
+        if value not in allowed:
+            raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}, got {value!r}")
     for key in ("img_height", "img_width"):
         value = getattr(config, key)
-        if value <= 0 or value % divisor:
+        if value <= 0 or value % INPUT_SIZE_DIVISOR:
             raise ConfigError(
-                f"{source}: {key}={value} must be a positive multiple of {divisor} "
+                f"{source}: {key}={value} must be a positive multiple of {INPUT_SIZE_DIVISOR} "
                 f"(the stride of SpineNet's coarsest blocks, whatever backbone.max_level)"
-            )
-    for key, norm in (
-        ("backbone.norm_cfg", config.backbone.norm_cfg),
-        ("bbox_head.norm_cfg", config.bbox_head.norm_cfg),
-        ("mask_head.norm_cfg", config.mask_head.norm_cfg),
-    ):
-        if norm.type not in NORM_TYPES:
-            raise ConfigError(
-                f"{source}: {key}.type must be one of {', '.join(NORM_TYPES)}, got {norm.type!r}"
-            )
-    choices = {
-        "opt_type": ("sgd", "adam", "adamw"),
-        "lr_type": ("multistep", "cosine"),
-        "precision": PRECISIONS,
-    }
-    for key, allowed in choices.items():
-        if getattr(config, key) not in allowed:
-            raise ConfigError(
-                f"{source}: {key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}"
             )
     for key, low, low_open, high, high_open in _RANGES:
         value = getattr(config, key)
@@ -831,22 +627,73 @@ def validate(config: Config, *, source: str = "<config>") -> None:
     for key in ("img_mean", "img_std"):
         if len(getattr(config, key)) != 3:
             raise ConfigError(f"{source}: {key} needs 3 values (R, G, B)")
-    for key, allowed in CHOICES.items():
-        value = _lookup(config, key)
-        if value not in allowed:
-            raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}, got {value!r}")
+    _check_model(config, source)
+
+
+def endpoint_channels(config: Config) -> int:
+    """Channels of the backbone's output features: `backbone.endpoints_num_filters`, else
+    the model id's (`modeling.spinenet_specs.SCALING_MAP`)."""
+    if config.backbone.endpoints_num_filters is not None:
+        return config.backbone.endpoints_num_filters
+    return int(SCALING_MAP[config.backbone.arch]["endpoints_num_filters"])
+
+
+def _check_model(config: Config, source: str) -> None:
+    """The parts of the model fit together: channels, levels and strides, sizes."""
     if config.rpn.num_convs < 1:
         raise ConfigError(f"{source}: rpn.num_convs must be at least 1")
-    levels = config.backbone.max_level - config.backbone.min_level + 1
-    if len(config.rpn.anchor_generator.strides) != levels:
+    if config.rpn.num_classes != 1:
         raise ConfigError(
-            f"{source}: rpn.anchor_generator.strides has "
-            f"{len(config.rpn.anchor_generator.strides)} entries for {levels} backbone levels "
-            f"(min_level..max_level)"
+            f"{source}: rpn.num_classes must be 1 (one sigmoid objectness per anchor)"
+        )
+    channels = endpoint_channels(config)
+    for key, value in (
+        ("rpn.in_channels", config.rpn.in_channels),
+        ("bbox_head.in_channels", config.bbox_head.in_channels),
+        ("mask_head.in_channels", config.mask_head.in_channels),
+        ("roi.out_channels", config.roi.out_channels),
+        ("mask_roi.out_channels", config.mask_roi.out_channels),
+    ):
+        if value != channels:
+            raise ConfigError(
+                f"{source}: {key} is {value} but SpineNet-{config.backbone.arch} gives "
+                f"{channels}-channel features (backbone.endpoints_num_filters); set {key}: "
+                f"{channels}"
+            )
+    levels = list(range(config.backbone.min_level, config.backbone.max_level + 1))
+    strides = list(config.rpn.anchor_generator.strides)
+    expected = [2**level for level in levels]
+    if strides != expected:
+        raise ConfigError(
+            f"{source}: rpn.anchor_generator.strides {strides} must be {expected} "
+            f"(one per backbone level {levels[0]}..{levels[-1]}: min_level..max_level)"
+        )
+    for key, extractor in (("roi", config.roi), ("mask_roi", config.mask_roi)):
+        if extractor.roi_layer.type != "RoIAlign":
+            raise ConfigError(
+                f"{source}: {key}.roi_layer.type must be 'RoIAlign', got "
+                f"{extractor.roi_layer.type!r}"
+            )
+        bad = [stride for stride in extractor.featmap_strides if stride not in expected]
+        if bad:
+            raise ConfigError(
+                f"{source}: {key}.featmap_strides has {bad}, which the backbone does not give "
+                f"(strides {expected})"
+            )
+    if config.bbox_head.roi_feat_size != config.roi.roi_layer.out_size:
+        raise ConfigError(
+            f"{source}: bbox_head.roi_feat_size ({config.bbox_head.roi_feat_size}) must equal "
+            f"roi.roi_layer.out_size ({config.roi.roi_layer.out_size})"
+        )
+    if 2 * config.mask_roi.roi_layer.out_size != config.train_cfg.rcnn.mask_size:
+        raise ConfigError(
+            f"{source}: train_cfg.rcnn.mask_size ({config.train_cfg.rcnn.mask_size}) must be "
+            f"twice mask_roi.roi_layer.out_size ({config.mask_roi.roi_layer.out_size}): the "
+            "mask head upsamples 2x"
         )
 
 
-# --------------------------------------------------------------------------- internals
+# --------------------------------------------------------------------------- building
 
 
 def _lookup(config: Config, key: str) -> Any:
@@ -854,31 +701,6 @@ def _lookup(config: Config, key: str) -> Any:
     for part in key.split("."):
         value = getattr(value, part)
     return value
-
-
-def _parse_override(override: str) -> dict[str, Any]:
-    """`key.sub=value` as the nested mapping `{"key": {"sub": value}}`, its key and type
-    checked against the schema (the error names the override)."""
-    source = f"--set {override}"
-    if "=" not in override:
-        raise ConfigError(f"{source}: an override looks like key=value (e.g. lr=0.02)")
-    key, raw = override.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"{source}: no key before '='")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{source}: the value is not valid YAML{_yaml_problem(error)}") from None
-    data: dict[str, Any] = {}
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    if parts[0] not in MINDSPORE_ONLY_KEYS and parts[0] != "mixed_precision":
-        _build(Config(), data, source=source, prefix="")  # the key and the value's type
-    return data
 
 
 def _build(default: Any, data: Mapping[str, Any], *, source: str, prefix: str) -> Any:
