@@ -20,10 +20,12 @@ import typer
 from maskspine.cli.common import (
     CHECKPOINT_HELP,
     DATA_DIR_HELP,
+    JIT_HELP,
     PRECISION_HELP,
     SET_HELP,
+    JitCompile,
     Precision,
-    precision_override,
+    compute_overrides,
     user_errors,
 )
 
@@ -67,6 +69,7 @@ def benchmark_command(
     ] = "shapes",
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)] = None,
     precision: Annotated[Precision | None, typer.Option("--precision", help=PRECISION_HELP)] = None,
+    jit_compile: Annotated[JitCompile | None, typer.Option("--jit-compile", help=JIT_HELP)] = None,
     json_output: Annotated[
         Path | None, typer.Option("--json", help="Also write the figures here as JSON.")
     ] = None,
@@ -77,7 +80,7 @@ def benchmark_command(
     from maskspine.config import ConfigError, load_config
     from maskspine.files import write_json_atomic
 
-    overrides = [*(overrides or []), *precision_override(precision)]
+    overrides = [*(overrides or []), *compute_overrides(precision, jit_compile)]
     parts = {p.value for p in (what or [Part.infer])}
     parts = set(benchmark.WHAT) if Part.all.value in parts else parts
     model = None

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import typer
 
+from maskspine.choices import JIT_COMPILE, PRECISIONS
 from maskspine.errors import USER_ERRORS
 
 F = TypeVar("F", bound=Callable)
@@ -34,18 +35,22 @@ DATA_DIR_HELP = (
 )
 
 
-class Precision(str, Enum):
-    """`--precision` values: the config's `precision` (maskspine/precision.py)."""
+#: `--precision` values: the config's `precision` (maskspine/precision.py).
+Precision = Enum("Precision", {value: value for value in PRECISIONS}, type=str)
+#: `--jit-compile` values: the config's `jit_compile` (maskspine/jit.py).
+JitCompile = Enum("JitCompile", {value: value for value in JIT_COMPILE}, type=str)
 
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-    auto = "auto"
+JIT_HELP = (
+    "XLA for the model: auto (by device kind), true or false (the config's `jit_compile`; "
+    "default: the saved config's)."
+)
 
 
-def precision_override(precision: Precision | None) -> list[str]:
-    """`--precision P` as the config override it stands for (none when not given)."""
-    return [] if precision is None else [f"precision={precision.value}"]
+def compute_overrides(precision: Enum | None, jit_compile: Enum | None = None) -> list[str]:
+    """`--precision P` and `--jit-compile J` as the config overrides they stand for (none for
+    an option not given)."""
+    overrides = [] if precision is None else [f"precision={precision.value}"]
+    return overrides + ([] if jit_compile is None else [f"jit_compile={jit_compile.value}"])
 
 
 def user_errors(function: F) -> F:

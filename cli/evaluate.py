@@ -22,10 +22,12 @@ from maskspine.cli.common import (
     CHECKPOINT_HELP,
     CONFIG_HELP,
     DATA_DIR_HELP,
+    JIT_HELP,
     PRECISION_HELP,
     SET_HELP,
+    JitCompile,
     Precision,
-    precision_override,
+    compute_overrides,
     user_errors,
 )
 
@@ -69,6 +71,7 @@ def eval_command(
     ] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)] = None,
     precision: Annotated[Precision | None, typer.Option("--precision", help=PRECISION_HELP)] = None,
+    jit_compile: Annotated[JitCompile | None, typer.Option("--jit-compile", help=JIT_HELP)] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)] = None,
 ) -> None:
     """Evaluate a checkpoint with the COCO metrics (bbox and segm), per class too."""
@@ -77,7 +80,7 @@ def eval_command(
     evaluate_checkpoint(
         checkpoint,
         config,
-        [*(overrides or []), *precision_override(precision)],
+        [*(overrides or []), *compute_overrides(precision, jit_compile)],
         val_data=val_data,
         predictions=predictions,
         output_dir=output,

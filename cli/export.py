@@ -16,7 +16,14 @@ from typing import Annotated
 
 import typer
 
-from maskspine.cli.common import SET_HELP, Precision, precision_override, user_errors
+from maskspine.cli.common import (
+    JIT_HELP,
+    SET_HELP,
+    JitCompile,
+    Precision,
+    compute_overrides,
+    user_errors,
+)
 
 
 class InputType(str, Enum):
@@ -88,6 +95,7 @@ def export_command(
             "config's). Inputs stay uint8 / strings, outputs float32.",
         ),
     ] = None,
+    jit_compile: Annotated[JitCompile | None, typer.Option("--jit-compile", help=JIT_HELP)] = None,
     overrides: Annotated[
         list[str] | None,
         typer.Option("--set", help=SET_HELP),
@@ -102,9 +110,9 @@ def export_command(
     # export never replaces anything: it writes a new version folder.
     check_writable_folder(output, "--output")
     target_version = free_version(output, version)
-    overrides = [*(overrides or []), *precision_override(precision)]
+    overrides = [*(overrides or []), *compute_overrides(precision, jit_compile)]
     model, loaded_config, weights = load_model(checkpoint, config, overrides)
-    typer.echo(f"loaded {weights} ({model.precision})")
+    typer.echo(f"loaded {weights} ({model.precision}, XLA {'on' if model.xla else 'off'})")
     result = export_saved_model(
         model,
         loaded_config,

@@ -39,10 +39,12 @@ import typer
 from maskspine.cli.common import (
     CHECKPOINT_HELP,
     CONFIG_HELP,
+    JIT_HELP,
     PRECISION_HELP,
     SET_HELP,
+    JitCompile,
     Precision,
-    precision_override,
+    compute_overrides,
     report_failures,
     user_errors,
 )
@@ -134,6 +136,7 @@ def infer_command(
         ),
     ] = None,
     precision: Annotated[Precision | None, typer.Option("--precision", help=PRECISION_HELP)] = None,
+    jit_compile: Annotated[JitCompile | None, typer.Option("--jit-compile", help=JIT_HELP)] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)] = None,
 ) -> None:
     """Predict instances in images, videos or a camera: the JSON keyed by image path or by
@@ -170,7 +173,7 @@ def infer_command(
         segmenter = load(
             checkpoint,
             config,
-            overrides=[*(overrides or []), *precision_override(precision)],
+            overrides=[*(overrides or []), *compute_overrides(precision, jit_compile)],
             batch_size=batch_size,
         )
         _run(segmenter, found, plan, source)

@@ -47,6 +47,12 @@ def train_command(
         "--cpu-replicas",
         help="Mirror over N logical CPU devices (multi-replica path without GPUs).",
     ),
+    tpu: str | None = typer.Option(
+        None,
+        "--tpu",
+        help="Train on this TPU (TPUStrategy; a TPU name, a grpc:// address, or '' for the "
+        "local one): the config's `strategy: tpu` and `tpu`. Always compiled with XLA.",
+    ),
     overrides: list[str] = typer.Option(
         [], "--set", help="Override a config key: --set lr=0.02 (repeatable)."
     ),
@@ -77,6 +83,8 @@ def train_command(
             if config is None
             else load_config(config, overrides, base=read_yaml_mapping(saved))
         )
+    if tpu is not None:
+        loaded.strategy, loaded.tpu = "tpu", tpu
     from maskspine.training.trainer import train
 
     result = train(

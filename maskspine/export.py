@@ -211,6 +211,8 @@ class ServingModel(tf.Module):
         height, width = self._padded_size
         # The model is traced once, in this function, which every signature calls: one copy of
         # its graph in the SavedModel however many input types there are.
+        # With the model built for XLA (config jit_compile), this function is compiled:
+        # decoding and resizing (outside it) stay in the graph.
         self._detect_function = tf.function(
             self.detect,
             input_signature=[
@@ -218,6 +220,7 @@ class ServingModel(tf.Module):
                 tf.TensorSpec([batch_size, 4, 2], tf.float32),
             ],
             autograph=False,
+            jit_compile=bool(getattr(model, "xla", False)),
         )
         self.functions: dict[str, tf.types.experimental.PolymorphicFunction] = {}
         specs = {

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maskspine.graphs import graph_ops
+
 #: Ops counted as convolution or matrix work.
 _CONV_OPS = {
     "Conv2D",
@@ -156,40 +158,27 @@ def _matmul_flops(op: Any) -> int | None:
     return 2 * _prod(output) * inner
 
 
-def _count_graph(graph: Any, count: FlopCount, seen: set[int]) -> None:
-    if id(graph) in seen:
-        return
-    seen.add(id(graph))
-    for op in graph.get_operations():
-        kind = op.type
-        if kind in _CONV_OPS or kind in _MATMUL_OPS:
-            flops = _conv_flops(op) if kind in _CONV_OPS else _matmul_flops(op)
-            if flops is None:
-                count.unknown_shapes += 1
-            else:
-                count.add(kind, flops, dense=True)
-        elif kind not in _FREE_OPS and op.outputs and op.outputs[0].dtype.is_floating:
-            shape = _shape(op.outputs[0])
-            if shape is None:
-                count.unknown_shapes += 1
-            else:
-                count.add(kind, _prod(shape), dense=False)
-        for attribute in ("f", "body", "cond", "then_branch", "else_branch"):
-            try:
-                name = op.get_attr(attribute).name
-            except (ValueError, AttributeError):
-                continue
-            # The graph's function library (a while loop's body is counted once).
-            functions = getattr(graph, "_functions", {})
-            function = functions.get(name)
-            if function is not None and hasattr(function, "graph"):
-                _count_graph(function.graph, count, seen)
+def _count_op(op: Any, count: FlopCount) -> None:
+    kind = op.type
+    if kind in _CONV_OPS or kind in _MATMUL_OPS:
+        flops = _conv_flops(op) if kind in _CONV_OPS else _matmul_flops(op)
+        if flops is None:
+            count.unknown_shapes += 1
+        else:
+            count.add(kind, flops, dense=True)
+    elif kind not in _FREE_OPS and op.outputs and op.outputs[0].dtype.is_floating:
+        shape = _shape(op.outputs[0])
+        if shape is None:
+            count.unknown_shapes += 1
+        else:
+            count.add(kind, _prod(shape), dense=False)
 
 
 def count_graph_flops(graph: Any) -> FlopCount:
     """The FLOPs of a `tf.Graph` (a concrete function's `.graph`), nested functions included."""
     count = FlopCount()
-    _count_graph(graph, count, set())
+    for op in graph_ops(graph):
+        _count_op(op, count)
     return count
 
 

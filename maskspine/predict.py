@@ -61,14 +61,16 @@ _PREDICT_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def predict_function(model: Callable) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
     """A `tf.function` (images [B, H, W, 3], image_info [B, 4, 2]) -> the model's detection
-    dict (`OUTPUT_KEYS`), cached per model so repeated evaluations reuse its trace."""
+    dict (`OUTPUT_KEYS`), cached per model so repeated evaluations reuse its trace;
+    compiled with XLA when the model was built for it (`MaskRCNN.xla`: config
+    `jit_compile`)."""
     import tensorflow as tf
 
     function = _PREDICT_FUNCTIONS.get(model)
     if function is None:
         reference = weakref.ref(model)
 
-        @tf.function
+        @tf.function(jit_compile=bool(getattr(model, "xla", False)))
         def function(images, image_info):
             outputs = reference()({"images": images, "image_info": image_info}, training=False)
             return {key: outputs[key] for key in OUTPUT_KEYS}

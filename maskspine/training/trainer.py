@@ -177,7 +177,10 @@ def train(
     Raises:
         ConfigError, TrainingError, FileNotFoundError: with messages naming what to fix.
     """
-    strategy = choose_strategy(cpu_replicas)
+    # First: a TPU that cannot be reached fails before anything is built or written.
+    strategy = choose_strategy(cpu_replicas, kind=config.strategy, tpu=config.tpu)
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        config.jit_compile = "true"  # everything on a TPU runs compiled
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
 
