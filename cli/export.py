@@ -112,7 +112,7 @@ def export_command(
     target_version = free_version(output, version)
     overrides = [*(overrides or []), *compute_overrides(precision, jit_compile)]
     model, loaded_config, weights = load_model(checkpoint, config, overrides)
-    typer.echo(f"loaded {weights} ({model.precision}, XLA {'on' if model.xla else 'off'})")
+    typer.echo(f"loaded {weights} ({model.precision}); XLA {'on' if model.xla else 'off'}")
     result = export_saved_model(
         model,
         loaded_config,

@@ -69,7 +69,7 @@ def test_overfits_boxes_and_masks(tiny_config):
     # Deterministic kernels: the same weights on every run (multi-threaded float sums
     # otherwise change the 350 steps' end point from run to run).
     with _op_determinism(True):
-        model, _, _ = train(tiny_config, batch, steps=250, frozen_bn_steps=100)
+        model, _, _ = train(tiny_config, batch, steps=300, frozen_bn_steps=150)
     out = {k: v.numpy() for k, v in model(batch["images"]).items()}
     for b, instances in enumerate(truth):
         n = int(out["num_detections"][b])
