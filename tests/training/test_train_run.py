@@ -335,3 +335,46 @@ def test_deterministic_runs_give_identical_losses(small_shapes, tmp_path):
     for name in ("rpn_cls_loss", "rcnn_cls_loss", "mask_loss"):
         assert first.history[name] == second.history[name]
     assert not tf_config.is_op_determinism_enabled()  # the run's setting, not the process's
+
+
+def _step_losses(run_dir) -> dict[tuple[int, int], str]:
+    """{(epoch, step): the log line's losses} of every step the run's train.log records."""
+    found = {}
+    for line in (run_dir / "train.log").read_text().splitlines():
+        match = re.search(r"epoch: (\d+), step: (\d+), (loss: .*)$", line)
+        if match:
+            found[(int(match.group(1)), int(match.group(2)))] = match.group(3)
+    return found
+
+
+@pytest.mark.slow  # an uninterrupted run, a run stopped and a resume: about three minutes
+def test_a_resumed_run_samples_what_the_uninterrupted_run_sampled(small_shapes, tmp_path):
+    """The RPN and R-CNN samplers draw from (seed, global step, replica): the steps after a
+    resume draw the anchors and RoIs the uninterrupted run drew, so with deterministic
+    kernels their losses are the uninterrupted run's, to the log's six decimals."""
+    from maskspine.config import load_config
+
+    overrides = [
+        *RUN_OVERRIDES,
+        "deterministic=true",
+        "run_eval=0",
+        "log_every=1",
+        "lr_type=multistep",
+        "lr_steps=[100]",  # a learning rate that does not depend on the run's length
+        "epoch_size=2",
+    ]
+    whole = run_training(overrides, tmp_path / "whole", small_shapes, brief="s").run_dir
+    stopped = run_training(
+        [*overrides, "epoch_size=1"], tmp_path / "parts", small_shapes, brief="s"
+    ).run_dir
+    from maskspine.training.trainer import train
+
+    resumed = train(
+        load_config(stopped / "config.yaml", ["epoch_size=2"]), resume=stopped, verbose=0
+    )
+    assert resumed.global_step == 6
+    uninterrupted, continued = _step_losses(whole), _step_losses(stopped)
+    second_epoch = [(2, step) for step in (1, 2, 3)]
+    assert all(key in continued for key in second_epoch), continued
+    for key in second_epoch:
+        assert continued[key] == uninterrupted[key], key
