@@ -99,9 +99,16 @@ def benchmark_command(
     else:
         raise ConfigError("give a CONFIG file or --checkpoint RUN")
     typer.echo(f"machine: {benchmark.machine_description()}")
+    from maskspine.jit import device_kind, resolve_jit_compile
+    from maskspine.precision import resolve_precision
+
+    kind = device_kind()
+    jit = resolve_jit_compile(loaded.jit_compile, kind)
     typer.echo(
         f"config: SpineNet-{loaded.backbone.arch}, {loaded.img_height}x{loaded.img_width}, "
-        f"{loaded.num_classes - 1} classes (and background), precision {loaded.precision}"
+        f"{loaded.num_classes - 1} classes (and background), precision {loaded.precision} "
+        f"({resolve_precision(loaded.precision)}), XLA {'on' if jit else 'off'} "
+        f"(jit_compile {loaded.jit_compile} on a {kind.upper()})"
     )
     rows = benchmark.run_benchmark(
         loaded,
@@ -125,6 +132,12 @@ def benchmark_command(
                     "images_per_s": row.images_per_second,
                     "images_per_call": row.images,
                     "peak_memory_bytes": row.peak_memory_bytes,
+                    "first_call_s": row.first_call,
+                    "dense_flops": row.flops.dense if row.flops is not None else None,
+                    "other_flops": row.flops.other if row.flops is not None else None,
+                    "gflops_per_s": row.gflops_per_second,
+                    "share_of_peak": row.share_of_peak,
+                    "peaks_flops_per_s": row.peaks,
                 }
                 for row in rows
             ],

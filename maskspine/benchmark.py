@@ -6,7 +6,12 @@ the scripts under `benchmarks/` call.
     print(format_table(rows, machine_description()))
 
 Every figure is a median over `runs` timed calls after `warmup` untimed ones (the first
-traces the `tf.function`); a call's time includes bringing its outputs to the host. Peak
+traces the `tf.function` and, with `jit_compile`, compiles it: its time is its own column);
+a call's time includes bringing its outputs to the host. The model's functions run compiled
+when the model was built for XLA (config `jit_compile`). For each function the table gives
+its convolution and matrix-product FLOPs (`maskspine.flops`, counted from its trace), the
+GFLOP/s achieved and the share of the host's peak (the time that work takes at the host's
+measured convolution and matrix peaks, over the time it took). Peak
 memory is the process's resident-set high-water mark after each part (the parts run data,
 then inference, then training, each using more than the one before, so each figure is that
 part's peak).
@@ -26,6 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from maskspine.flops import FlopCount, count_flops, host_peaks, share_of_peak
+from maskspine.precision import resolve_precision
+
 if TYPE_CHECKING:
     import keras
 
@@ -43,6 +51,9 @@ class Measurement:
         name: what was timed ("whole model", "backbone", "training step", ...).
         seconds: each timed call, seconds.
         images: images per call.
+        first_call: seconds of the first, untimed call (the trace, and XLA's compilation).
+        flops: the FLOPs of one call (`maskspine.flops.count_flops`), when counted.
+        peaks: the host's convolution and matrix peaks it is measured against.
         peak_memory_bytes: the process's peak resident memory after the part (0 if unknown).
         share_of: the name of the row this one is a part of (stages of the whole model).
     """
@@ -54,6 +65,21 @@ class Measurement:
     peak_memory_bytes: int = 0
     share_of: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    first_call: float | None = None
+    flops: FlopCount | None = None
+    peaks: dict[str, float] | None = None
+
+    @property
+    def gflops_per_second(self) -> float | None:
+        """Convolution and matrix-product GFLOP/s achieved (None when not counted)."""
+        return self.flops.dense / self.median / 1e9 if self.flops is not None else None
+
+    @property
+    def share_of_peak(self) -> float | None:
+        """The time the dense work takes at the host's peaks over the time it took."""
+        if self.flops is None or self.peaks is None:
+            return None
+        return share_of_peak(self.flops, self.median, self.peaks)
 
     @property
     def median(self) -> float:
@@ -64,22 +90,56 @@ class Measurement:
         return self.images / self.median if self.median > 0 else float("inf")
 
 
-def time_calls(function: Callable[[], Any], runs: int = 5, warmup: int = 1) -> list[float]:
-    """Seconds of `runs` calls of `function` after `warmup` untimed ones; each call's
-    result is brought to numpy inside the timing (TensorFlow runs asynchronously)."""
+def time_calls(
+    function: Callable[[], Any], runs: int = 5, warmup: int = 1
+) -> tuple[float, list[float]]:
+    """(seconds of the first call, seconds of each of `runs` calls after `warmup` untimed
+    ones); each call's result is brought to numpy inside the timing (TensorFlow runs
+    asynchronously). The first call holds the trace and, compiled, XLA's compilation."""
     import tensorflow as tf
 
     def call() -> None:
         tf.nest.map_structure(lambda value: np.asarray(value), function())
 
-    for _ in range(warmup):
+    first = 0.0
+    for index in range(warmup):
+        start = time.perf_counter()
         call()
+        if index == 0:
+            first = time.perf_counter() - start
     seconds = []
     for _ in range(runs):
         start = time.perf_counter()
         call()
         seconds.append(time.perf_counter() - start)
-    return seconds
+    return first, seconds
+
+
+def measure(
+    part: str,
+    name: str,
+    function: Any,
+    arguments: Sequence[Any],
+    images: int,
+    *,
+    runs: int,
+    peaks: dict[str, float] | None,
+    share_of: str | None = None,
+) -> Measurement:
+    """A `Measurement` of `function(*arguments)` (a `tf.function`): its first call, `runs`
+    timed calls, and its FLOPs counted from the trace the calls use. The first call's time
+    is left out for a stage (`share_of`), which was traced to make the next stage's inputs."""
+    first, seconds = time_calls(lambda: function(*arguments), runs)
+    return Measurement(
+        part,
+        name,
+        seconds,
+        images,
+        share_of=share_of,
+        first_call=None if share_of else first,
+        flops=count_flops(function, *arguments),
+        peaks=peaks,
+    )
 
 
 def peak_memory_bytes() -> int:
@@ -120,7 +180,11 @@ def machine_description() -> str:
 
 
 def benchmark_inference(
-    model: keras.Model, batch_size: int = 1, runs: int = 5, seed: int = 0
+    model: keras.Model,
+    batch_size: int = 1,
+    runs: int = 5,
+    seed: int = 0,
+    peaks: dict[str, float] | None = None,
 ) -> list[Measurement]:
     """The whole model, then each stage as its own `tf.function` over the previous stage's
     outputs: backbone; RPN + proposals; box head (multilevel RoIAlign, convs, FC); class-wise
@@ -129,8 +193,9 @@ def benchmark_inference(
     them as separate functions costs or saves).
 
     Args:
-        model: a `MaskRCNN`.
+        model: a `MaskRCNN` (compiled with XLA when it was built for it: `model.xla`).
         batch_size: images per call (random images of the config's size).
+        peaks: the host's peaks (`maskspine.flops.host_peaks`) for the share of peak.
     """
     import tensorflow as tf
 
@@ -140,17 +205,19 @@ def benchmark_inference(
     images = tf.random.stateless_uniform([batch_size, *size, 3], seed=[seed, 0]) * 2.0 - 1.0
     info = tf.constant([[size, size, [1.0, 1.0], [0.0, 0.0]]], tf.float32)
     info = tf.tile(info, [batch_size, 1, 1])
-    predict = predict_function(model)
-    whole = Measurement(
-        "infer", "whole model", time_calls(lambda: predict(images, info), runs), batch_size
-    )
+    jit = bool(getattr(model, "xla", False))
+    whole = measure(
+        "infer", "whole model", predict_function(model), (images, info), batch_size,
+        runs=runs, peaks=peaks,
+    )  # fmt: skip
 
-    # Each stage as its own function, the parts' calls as MaskRCNN.call makes them.
+    # Each stage as its own function (compiled as the whole is), the parts' calls as
+    # MaskRCNN.call makes them.
     window = model.image_window(images, info)
-    backbone = tf.function(lambda x: model.backbone(x, training=False))
+    backbone = tf.function(lambda x: model.backbone(x, training=False), jit_compile=jit)
     features = backbone(images)
 
-    @tf.function
+    @tf.function(jit_compile=jit)
     def propose(f):
         objectness, deltas = model.rpn_head(f, training=False)
         proposals, _, valid = model.proposal_generator(
@@ -160,26 +227,37 @@ def benchmark_inference(
 
     proposals, valid = propose(features)
 
-    @tf.function
+    @tf.function(jit_compile=jit)
     def box_head(f, p):
         return model.box_head(model.roi_aligner(f, p), training=False)
 
     class_logits, box_deltas = box_head(features, proposals)
-    detect = tf.function(lambda c, d, p, v: model.detection_generator(c, d, p, v, window))
+    detect = tf.function(
+        lambda c, d, p, v: model.detection_generator(c, d, p, v, window), jit_compile=jit
+    )
     detections = detect(class_logits, box_deltas, proposals, valid)
-    masks = tf.function(model.detection_masks)
+    masks = tf.function(model.detection_masks, jit_compile=jit)
     boxes, classes = detections["detection_boxes"], detections["detection_classes"]
     stages = [
-        ("backbone", lambda: backbone(images)),
-        ("RPN + proposals", lambda: propose(features)),
-        ("box head (RoIAlign, convs, FC)", lambda: box_head(features, proposals)),
-        ("decode + NMS", lambda: detect(class_logits, box_deltas, proposals, valid)),
-        ("mask head (RoIAlign, FCN)", lambda: masks(features, boxes, classes)),
+        ("backbone", backbone, (images,)),
+        ("RPN + proposals", propose, (features,)),
+        ("box head (RoIAlign, convs, FC)", box_head, (features, proposals)),
+        ("decode + NMS", detect, (class_logits, box_deltas, proposals, valid)),
+        ("mask head (RoIAlign, FCN)", masks, (features, boxes, classes)),
     ]
     rows = [whole]
-    for name, function in stages:
+    for name, function, arguments in stages:
         rows.append(
-            Measurement("infer", name, time_calls(function, runs), batch_size, share_of=whole.name)
+            measure(
+                "infer",
+                name,
+                function,
+                arguments,
+                batch_size,
+                runs=runs,
+                peaks=peaks,
+                share_of=whole.name,
+            )  # fmt: skip
         )
     peak = peak_memory_bytes()
     for row in rows:
@@ -224,10 +302,13 @@ def synthetic_training_batch(
 
 
 def benchmark_training(
-    config: Config, batch_size: int | None = None, runs: int = 5
+    config: Config,
+    batch_size: int | None = None,
+    runs: int = 5,
+    peaks: dict[str, float] | None = None,
 ) -> list[Measurement]:
     """One training step (forward, losses, backward, optimizer update) of a fresh model of
-    `config` (its `precision` and optimizer), on a synthetic batch."""
+    `config` (its `precision`, `jit_compile` and optimizer), on a synthetic batch."""
     import tensorflow as tf
 
     from maskspine.modeling.factory import build_mask_rcnn
@@ -243,8 +324,8 @@ def benchmark_training(
         key: tf.constant(value)
         for key, value in synthetic_training_batch(config, batch_size).items()
     }
-    step = tf.function(model.train_step)
-    row = Measurement("train", "training step", time_calls(lambda: step(batch), runs), batch_size)
+    step = tf.function(model.train_step, jit_compile=model.xla)
+    row = measure("train", "training step", step, (batch,), batch_size, runs=runs, peaks=peaks)
     row.peak_memory_bytes = peak_memory_bytes()
     return [row]
 
@@ -275,12 +356,11 @@ def benchmark_data(
             batch = next(iterator)
         return batch["images"]
 
+    first, seconds = time_calls(some_batches, runs)
     row = Measurement(
-        "data",
-        f"input pipeline ({batches} batches)",
-        time_calls(some_batches, runs),
-        batches * batch_size,
-    )
+        "data", f"input pipeline ({batches} batches)", seconds, batches * batch_size,
+        first_call=first,
+    )  # fmt: skip
     row.peak_memory_bytes = peak_memory_bytes()
     return [row]
 
@@ -297,15 +377,19 @@ def run_benchmark(
     runs: int = 5,
     data_source: str = "shapes",
     data_dir: str | os.PathLike | None = None,
+    peaks: dict[str, float] | None = None,
 ) -> list[Measurement]:
     """The parts of `what` (in the order data, infer, train).
 
     Args:
-        config: the config (classes resolved); its `precision` applies to every part.
+        config: the config (classes resolved); its `precision` and `jit_compile` apply to
+            every part.
         model: the model to time at inference (a loaded checkpoint); default a fresh one.
         batch_size: images per call (default `test_batch_size` for inference, `batch_size`
             for training and data).
         runs: timed calls per figure.
+        peaks: the host's convolution and matrix peaks (default `flops.host_peaks` of the
+            model's precision: measured once, then cached).
     """
     from maskspine.modeling.factory import build_mask_rcnn
 
@@ -315,31 +399,42 @@ def run_benchmark(
     rows: list[Measurement] = []
     if "data" in what:
         rows += benchmark_data(config, data_source, batch_size, runs=runs, data_dir=data_dir)
+    if peaks is None and ("infer" in what or "train" in what):
+        peaks = host_peaks(resolve_precision(config.precision))
     if "infer" in what:
         model = model or build_mask_rcnn(config)
-        rows += benchmark_inference(model, batch_size or config.test_batch_size, runs)
+        rows += benchmark_inference(model, batch_size or config.test_batch_size, runs, peaks=peaks)
     if "train" in what:
-        rows += benchmark_training(config, batch_size, runs)
+        rows += benchmark_training(config, batch_size, runs, peaks=peaks)
     return rows
 
 
 def format_table(rows: Sequence[Measurement], header: str = "") -> str:
-    """One table: part, what, median seconds per call, images/s, share of the whole model,
-    peak memory."""
+    """One table: part, what, median seconds per call, the first call's seconds (trace and
+    compilation), images/s, share of the whole model, dense GFLOP/s and share of the host's
+    peak, peak memory."""
     lines = [header] if header else []
-    titles = ("part", "what", "median s", "images/s", "share", "peak memory")
+    titles = (
+        "part", "what", "median s", "first call s", "images/s", "share", "GFLOP/s",
+        "of peak", "peak memory",
+    )  # fmt: skip
     table = []
     wholes = {row.name: row.median for row in rows if row.share_of is None}
     for row in rows:
         share = f"{100 * row.median / wholes[row.share_of]:.0f} %" if row.share_of else ""
         memory = f"{row.peak_memory_bytes / 2**30:.1f} GiB" if row.peak_memory_bytes else ""
+        rate = row.gflops_per_second
+        of_peak = row.share_of_peak
         table.append(
             (
                 row.part,
                 ("  " if row.share_of else "") + row.name,
                 f"{row.median:.3f}",
+                f"{row.first_call:.2f}" if row.first_call is not None else "",
                 f"{row.images_per_second:.2f}",
                 share,
+                f"{rate:.1f}" if rate is not None else "",
+                f"{100 * of_peak:.0f} %" if of_peak is not None else "",
                 memory,
             )
         )

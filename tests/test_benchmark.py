@@ -95,3 +95,19 @@ def test_table_shares_are_of_the_whole_model_and_their_sum_is_said():
     # 0.5 s of the median 2.0 s; 2 images in 2.0 s
     assert "25 %" in table and "60 %" in table and "1.00" in table
     assert "2 stages of the whole model do not overlap and sum to 85 % of it" in table
+
+
+def test_table_gives_the_achieved_rate_and_the_share_of_the_peak():
+    from maskspine.flops import FlopCount
+
+    flops = FlopCount()
+    flops.add("Conv2D", 30_000_000_000, dense=True)  # 0.3 s at 100 GFLOP/s
+    flops.add("MatMul", 10_000_000_000, dense=True)  # 0.05 s at 200 GFLOP/s
+    row = Measurement(
+        "train", "training step", [0.7, 0.7, 0.7], 2, first_call=12.5, flops=flops,
+        peaks={"conv": 100e9, "matmul": 200e9},
+    )  # fmt: skip
+    table = format_table([row])
+    assert row.gflops_per_second == pytest.approx(40e9 / 0.7 / 1e9)
+    assert row.share_of_peak == pytest.approx(0.35 / 0.7)
+    assert "57.1" in table and "50 %" in table and "12.50" in table
