@@ -102,3 +102,55 @@ def format_summary(figures: dict[str, float | None]) -> str:
         f"{figures['box_diff_max']:.3f} px; scores by median {figures['score_diff_median']:.4f}, "
         f"at most {figures['score_diff_max']:.4f}"
     )
+
+
+def detection_agreement(
+    reference: dict[str, Any],
+    other: dict[str, Any],
+    *,
+    box_tolerance: float = 0.01,
+    score_tolerance: float = 1e-4,
+    mask_tolerance: float = 1e-3,
+) -> dict[str, float]:
+    """How far two computations of one model's detections on one image agree.
+
+    Args:
+        reference, other: `num` and the first `num` rows of `boxes` [D, 4] yxyx, `scores`
+            [D], `classes` [D] and `masks` [D, M, M] (box-relative probabilities).
+        box_tolerance, score_tolerance, mask_tolerance: what counts as the same detection:
+            the same class and box corners within `box_tolerance` pixels
+            (`match_by_box_distance`), then its score and every mask value within theirs.
+
+    Returns:
+        `reference`, `other` (counts), `matched` (pairs by class and box), `agreeing`
+        (matched and within every tolerance), `share` (agreeing / reference, 1.0 for two
+        empty sets), and the largest box, score and mask differences over the pairs.
+    """
+
+    def detections(found: dict[str, Any]) -> list[Detection]:
+        return [
+            {"box": found["boxes"][i], "score": float(found["scores"][i]),
+             "label": int(found["classes"][i])}
+            for i in range(int(found["num"]))
+        ]  # fmt: skip
+
+    pairs, _, _ = match_by_box_distance(detections(reference), detections(other), box_tolerance)
+    box = score = mask = 0.0
+    agreeing = 0
+    for i, j in pairs:
+        box = max(box, float(np.abs(np.subtract(other["boxes"][j], reference["boxes"][i])).max()))
+        score_diff = abs(float(other["scores"][j]) - float(reference["scores"][i]))
+        mask_diff = float(np.abs(np.subtract(other["masks"][j], reference["masks"][i])).max())
+        score, mask = max(score, score_diff), max(mask, mask_diff)
+        agreeing += score_diff <= score_tolerance and mask_diff <= mask_tolerance
+    count = int(reference["num"])
+    return {
+        "reference": count,
+        "other": int(other["num"]),
+        "matched": len(pairs),
+        "agreeing": agreeing,
+        "share": agreeing / count if count else float(int(other["num"]) == 0),
+        "max_box_diff": box,
+        "max_score_diff": score,
+        "max_mask_diff": mask,
+    }

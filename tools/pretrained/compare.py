@@ -19,7 +19,9 @@ runs maskspine on the same normalised input and prints, from the backbone down:
 - parameter counts of both models;
 - with `--precision bfloat16` (or float16), the import run again in that precision: its
   detections matched to the original's float32 ones (same class, IoU >= 0.5, as
-  `benchmarks/precision_accuracy.py` matches) with their box and score differences.
+  `benchmarks/precision_accuracy.py` matches) with their box and score differences;
+- with `--jit-compile`, the import built for XLA and compiled: its detections against the
+  graph's and the original's, with the same tolerances.
 
 It needs no original code (the reference data holds their outputs); `--json FILE` also
 writes the figures.
@@ -37,6 +39,7 @@ import numpy as np
 
 from maskspine.boxes import box_overlaps
 from maskspine.evaluation.matching import (
+    detection_agreement,
     format_summary,
     match_by_box_distance,
     match_by_iou,
@@ -78,6 +81,37 @@ def compare_precision(model, images, info, theirs: dict, precision: str) -> dict
     return figures
 
 
+def _outputs(found) -> dict:
+    return {
+        "num": int(found["num_detections"][0]),
+        "boxes": np.asarray(found["detection_boxes"])[0],
+        "classes": np.asarray(found["detection_classes"])[0].astype(int),
+        "scores": np.asarray(found["detection_scores"])[0],
+        "masks": np.asarray(found["detection_masks"])[0],
+    }
+
+
+def compare_compiled(model, images, info, graph: dict, theirs: dict) -> dict:
+    """The import compiled with XLA (its parts' XLA kernels) against the same import run by
+    the graph, and against the original's detections."""
+    from maskspine.predict import predict_function
+
+    assert model.xla, "the model was not built for XLA"
+    compiled = _outputs(predict_function(model)(images, info))
+    figures = {}
+    for name, reference in (("graph", graph), ("original", theirs)):
+        agreement = detection_agreement(
+            reference, compiled, box_tolerance=BOX_TOL, score_tolerance=SCORE_TOL,
+            mask_tolerance=MASK_TOL,
+        )  # fmt: skip
+        figures[name] = agreement
+        print(f"XLA-compiled against the {name}: {agreement['agreeing']} of "
+              f"{agreement['reference']} detections agree ({100 * agreement['share']:.1f}%); "
+              f"max |diff| box {agreement['max_box_diff']:.3g} px, score "
+              f"{agreement['max_score_diff']:.3g}, mask {agreement['max_mask_diff']:.3g}")  # fmt: skip
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reference", type=Path)
@@ -85,6 +119,12 @@ def main() -> None:
     parser.add_argument("--model", default="49")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--precision", help="also run the import in this precision")
+    parser.add_argument(
+        "--jit-compile",
+        action="store_true",
+        help="also run the import compiled with XLA (jit_compile: true) and compare its "
+        "detections with the graph's and the original's",
+    )
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -107,9 +147,11 @@ def main() -> None:
         )
         print(report.summary())
         model, config, _ = load_model(run)
-        low = None
+        low = compiled = None
         if args.precision:
             low = load_model(run, overrides=[f"precision={args.precision}"])[0]
+        if args.jit_compile:
+            compiled = load_model(run, overrides=["jit_compile=true"])[0]
 
     images = tf.constant(ref["images"])
     info = tf.constant(ref["image_info"])
@@ -175,23 +217,20 @@ def main() -> None:
     pairs, unmatched_theirs, unmatched_ours = match_by_box_distance(
         _detections(theirs), _detections(ours), BOX_TOL
     )
-    box = max((np.abs(ours["boxes"][j] - theirs["boxes"][i]).max() for i, j in pairs), default=0)
-    score = max((abs(ours["scores"][j] - theirs["scores"][i]) for i, j in pairs), default=0)
-    mask = max((np.abs(ours["masks"][j] - theirs["masks"][i]).max() for i, j in pairs), default=0)
-    within = [
-        (i, j) for i, j in pairs
-        if abs(ours["scores"][j] - theirs["scores"][i]) <= SCORE_TOL
-        and np.abs(ours["masks"][j] - theirs["masks"][i]).max() <= MASK_TOL
-    ]  # fmt: skip
+    agreement = detection_agreement(
+        theirs, ours, box_tolerance=BOX_TOL, score_tolerance=SCORE_TOL, mask_tolerance=MASK_TOL
+    )
     print("detections:")
     print(f"  theirs {theirs['num']}, ours {ours['num']}; matched one to one (same class, box "
           f"within {BOX_TOL} px): {len(pairs)}; also score within {SCORE_TOL} and mask within "
-          f"{MASK_TOL}: {len(within)} = {100.0 * len(within) / max(theirs['num'], 1):.1f}%")  # fmt: skip
-    print(f"  max |diff| over matched: box {box:.3g} px, score {score:.3g}, mask {mask:.3g}")
+          f"{MASK_TOL}: {agreement['agreeing']} = {100.0 * agreement['share']:.1f}%")  # fmt: skip
+    print(f"  max |diff| over matched: box {agreement['max_box_diff']:.3g} px, score "
+          f"{agreement['max_score_diff']:.3g}, mask {agreement['max_mask_diff']:.3g}")  # fmt: skip
     figures["detections"] = {
         "theirs": theirs["num"], "ours": ours["num"], "matched": len(pairs),
-        "matched_within_all_tolerances": len(within), "max_box_diff": float(box),
-        "max_score_diff": float(score), "max_mask_diff": float(mask),
+        "matched_within_all_tolerances": agreement["agreeing"],
+        "max_box_diff": agreement["max_box_diff"], "max_score_diff": agreement["max_score_diff"],
+        "max_mask_diff": agreement["max_mask_diff"],
     }  # fmt: skip
     explain = []
     for i in unmatched_theirs:
@@ -211,6 +250,8 @@ def main() -> None:
 
     if low is not None:
         figures["precision"] = compare_precision(low, images, info, theirs, args.precision)
+    if compiled is not None:
+        figures["xla"] = compare_compiled(compiled, images, info, ours, theirs)
 
     table = REPO / "tests" / "pretrained" / "tables" / f"{args.format}_{args.model}.json.gz"
     with gzip.open(table, "rt") as f:
