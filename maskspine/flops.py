@@ -196,12 +196,16 @@ def count_flops(function: Callable, *args: Any, **kwargs: Any) -> FlopCount:
 # --------------------------------------------------------------------------- the host's peak
 
 
-#: The calibration: a 3x3 convolution [1, 160, 160, 256] -> 256 and a 2048^3 matrix product.
-CONV_SHAPE = (1, 160, 160, 256, 256)
-MATMUL_SIZE = 2048
+#: The calibration: 3x3 convolutions of the shapes a detector runs (a backbone level, a box
+#: head's RoIs, a wide stride-1 map) and two matrix products; each peak is the best of its
+#: shapes (kernels run some shapes faster than others: the best is what the host can do).
+CONV_SHAPES = ((1, 160, 160, 256, 256), (256, 14, 14, 256, 256), (4, 64, 64, 128, 128))
+MATMUL_SIZES = (2048, 4096)
 
 
 def _cpu_key(precision: str) -> str:
+    """The cache key of a host's peaks: its CPU model, flags and cores, TensorFlow's version,
+    the precision and the calibration's shapes."""
     import tensorflow as tf
 
     try:
@@ -210,8 +214,9 @@ def _cpu_key(precision: str) -> str:
         info = platform.processor()
     model = next((line for line in info.splitlines() if line.startswith("model name")), "")
     flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
-    digest = hashlib.sha1(f"{model}|{flags}|{os.cpu_count()}".encode()).hexdigest()[:12]
-    return f"{digest}-tf{tf.__version__}-{precision}"
+    calibration = f"{CONV_SHAPES}{MATMUL_SIZES}"
+    digest = hashlib.sha1(f"{model}|{flags}|{os.cpu_count()}|{calibration}".encode()).hexdigest()
+    return f"{digest[:12]}-tf{tf.__version__}-{precision}"
 
 
 def _median_seconds(function: Callable, *args: Any, runs: int = 5) -> float:
@@ -225,22 +230,24 @@ def _median_seconds(function: Callable, *args: Any, runs: int = 5) -> float:
 
 
 def measure_peaks(precision: str = "float32") -> dict[str, float]:
-    """This host's convolution and matrix-product throughput in `precision` (FLOP/s): the
-    median of 5 calls of a 3x3 convolution (`CONV_SHAPE`) and a `MATMUL_SIZE` cube product."""
+    """This host's convolution and matrix-product throughput in `precision` (FLOP/s): the best
+    over `CONV_SHAPES` and `MATMUL_SIZES` of the median of 5 calls each."""
     import tensorflow as tf
 
     dtype = tf.dtypes.as_dtype(precision)
-    batch, height, width, channels, filters = CONV_SHAPE
-    x = tf.cast(tf.random.normal([batch, height, width, channels]), dtype)
-    w = tf.cast(tf.random.normal([3, 3, channels, filters]), dtype)
     conv = tf.function(lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"))
-    conv_flops = 2 * batch * height * width * channels * filters * 9
-    a = tf.cast(tf.random.normal([MATMUL_SIZE, MATMUL_SIZE]), dtype)
+    conv_rates = []
+    for batch, height, width, channels, filters in CONV_SHAPES:
+        x = tf.cast(tf.random.normal([batch, height, width, channels]), dtype)
+        w = tf.cast(tf.random.normal([3, 3, channels, filters]), dtype)
+        flops = 2 * batch * height * width * channels * filters * 9
+        conv_rates.append(flops / _median_seconds(conv, x, w))
     matmul = tf.function(tf.matmul)
-    return {
-        "conv": conv_flops / _median_seconds(conv, x, w),
-        "matmul": 2 * MATMUL_SIZE**3 / _median_seconds(matmul, a, a),
-    }
+    matmul_rates = []
+    for size in MATMUL_SIZES:
+        a = tf.cast(tf.random.normal([size, size]), dtype)
+        matmul_rates.append(2 * size**3 / _median_seconds(matmul, a, a))
+    return {"conv": max(conv_rates), "matmul": max(matmul_rates)}
 
 
 def peaks_cache_path() -> Path:
