@@ -55,7 +55,19 @@ def write_program(function, arguments, out: Path, name: str) -> None:
     parameters = entry_parameters(lowered(stage="hlo"))
     (out / f"{name}.json").write_text(json.dumps({"name": name, "parameters": parameters}))
     size = (out / f"{name}.hlo.pb").stat().st_size / 1e6
-    print(f"{name}: {len(parameters)} parameters, {size:.1f} MB, {time.perf_counter() - start:.0f} s")
+    print(
+        f"{name}: {len(parameters)} parameters, {size:.1f} MB, {time.perf_counter() - start:.0f} s"
+    )
+
+
+def inference_function(model):
+    """The model's inference as one XLA-compiled function of (images, image_info)."""
+
+    @tf.function(jit_compile=True)
+    def infer(images, info):
+        return model({"images": images, "image_info": info})
+
+    return infer
 
 
 def main() -> None:
@@ -65,16 +77,16 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--infer-batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--train-batches", nargs="+", type=int, default=[2, 8])
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for precision in args.precisions:
-        config = load_config(args.config, [f"precision={precision}", "jit_compile=true"])
+        config = load_config(
+            args.config, [*args.overrides, f"precision={precision}", "jit_compile=true"]
+        )
         model = build_mask_rcnn(config)
         size = (config.img_height, config.img_width)
-        infer = tf.function(
-            lambda images, info, model=model: model({"images": images, "image_info": info}),
-            jit_compile=True,
-        )
+        infer = inference_function(model)
         for batch in args.infer_batches:
             images = tf.zeros([batch, *size, 3])
             info = tf.tile(tf.constant([[size, size, [1.0, 1.0], [0.0, 0.0]]]), [batch, 1, 1])

@@ -23,20 +23,24 @@ import numpy as np
 from jax._src import xla_bridge
 from jax._src.lib import xla_client
 
+jax.config.update("jax_enable_x64", True)  # int64 parameters (the optimizer step) stay int64
+
 
 def random_arguments(parameters: list[dict], seed: int = 0) -> list:
+    """Host arrays of the parameters' shapes and dtypes (put on the device before each call:
+    a training step donates its variables' buffers)."""
     rng = np.random.default_rng(seed)
     arrays = []
     for parameter in parameters:
         shape, dtype = parameter["shape"], parameter["dtype"]
         if dtype in ("float32", "float16", "bfloat16"):
-            value = (rng.standard_normal(shape) * 0.05).astype(np.float32)
-            value = jax.numpy.asarray(value, dtype=dtype)
+            numpy_dtype = jax.numpy.dtype(dtype)  # bfloat16: ml_dtypes' numpy type
+            value = (rng.standard_normal(shape) * 0.05).astype(numpy_dtype)
         elif dtype == "bool":
             value = np.zeros(shape, bool)
         else:  # integers: small non-negative values (steps, classes, indices)
             value = rng.integers(0, 2, shape).astype(dtype)
-        arrays.append(jax.device_put(value))
+        arrays.append(value)
     return arrays
 
 
@@ -63,7 +67,9 @@ def main() -> None:
     results = {"gpu": gpu_name(), "jax": jax.__version__, "programs": {}}
     for spec_path in sorted(args.hlo_dir.glob("*.json")):
         spec = json.loads(spec_path.read_text())
-        name = spec["name"]
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if name is None or "parameters" not in spec:
+            continue  # not a program's description (e.g. an earlier results file)
         if args.only and name not in args.only:
             continue
         hlo = (args.hlo_dir / f"{name}.hlo.pb").read_bytes()
@@ -73,18 +79,19 @@ def main() -> None:
         compile_s = time.perf_counter() - start
         arguments = random_arguments(spec["parameters"])
 
-        def call(executable=executable, arguments=arguments):
-            outputs = executable.execute(arguments)
+        def call(executable=executable, arguments=arguments) -> float:
+            on_device = [jax.device_put(value) for value in arguments]
+            for value in on_device:
+                value.block_until_ready()
+            start = time.perf_counter()
+            outputs = executable.execute(on_device)
             for output in outputs:
                 output.block_until_ready()
+            return time.perf_counter() - start
 
         for _ in range(3):
             call()
-        seconds = []
-        for _ in range(args.runs):
-            start = time.perf_counter()
-            call()
-            seconds.append(time.perf_counter() - start)
+        seconds = [call() for _ in range(args.runs)]
         figures = {
             "compile_s": compile_s,
             "median_s": statistics.median(seconds),
