@@ -550,8 +550,21 @@ def _step_seed(seed: int, stream: str, step, replica) -> tf.Tensor | None:
     return sampler_seeds(sampling_seed(seed, step, 0 if replica is None else replica))[stream]
 
 
+class _TargetSampler(Part):
+    """Assign, sample and encode: the options shared by `AnchorLabeler` and `RoISampler`."""
+
+    def __init__(self, *, assigner: dict, sampler: dict, box_coder: dict, seed: int = 0, **kwargs):
+        super().__init__(
+            {"assigner": assigner, "sampler": sampler, "box_coder": box_coder, "seed": seed},
+            **kwargs,
+        )
+        self.arguments = {**assigner, **sampler, **box_coder}
+        self.seed = int(seed)
+        self.num_samples = int(sampler["num"])
+
+
 @keras.saving.register_keras_serializable(package="maskspine")
-class AnchorLabeler(Part):
+class AnchorLabeler(_TargetSampler):
     """RPN targets: every anchor assigned to a ground-truth box, a balanced sample of them
     drawn, box targets encoded (`rpn_targets`; train_cfg.rpn, rpn.bbox_coder).
 
@@ -568,14 +581,6 @@ class AnchorLabeler(Part):
     image_shape [B, 2], step=None, replica=None) -> `rpn_targets`' dict.
     """
 
-    def __init__(self, *, assigner: dict, sampler: dict, box_coder: dict, seed: int = 0, **kwargs):
-        super().__init__(
-            {"assigner": assigner, "sampler": sampler, "box_coder": box_coder, "seed": seed},
-            **kwargs,
-        )
-        self.arguments = {**assigner, **sampler, **box_coder}
-        self.seed = int(seed)
-
     def call(
         self, anchors, gt_boxes, gt_classes, gt_is_crowd, image_shape, step=None, replica=None
     ):
@@ -591,7 +596,7 @@ class AnchorLabeler(Part):
 
 
 @keras.saving.register_keras_serializable(package="maskspine")
-class RoISampler(Part):
+class RoISampler(_TargetSampler):
     """R-CNN targets: proposals (and the ground truth) assigned, a balanced sample of RoIs
     drawn, class and box targets (`rcnn_targets`; train_cfg.rcnn, bbox_head.bbox_coder).
 
@@ -600,15 +605,6 @@ class RoISampler(Part):
     Call: (proposals [B, N, 4], valid [B, N], gt_boxes, gt_classes, gt_is_crowd, step=None,
     replica=None) -> `rcnn_targets`' dict (rois [B, S, 4], ...).
     """
-
-    def __init__(self, *, assigner: dict, sampler: dict, box_coder: dict, seed: int = 0, **kwargs):
-        super().__init__(
-            {"assigner": assigner, "sampler": sampler, "box_coder": box_coder, "seed": seed},
-            **kwargs,
-        )
-        self.arguments = {**assigner, **sampler, **box_coder}
-        self.seed = int(seed)
-        self.num_rois = int(sampler["num"])
 
     def call(self, proposals, valid, gt_boxes, gt_classes, gt_is_crowd, step=None, replica=None):
         return rcnn_targets(
