@@ -156,7 +156,7 @@ def machine_description() -> str:
     """CPU, cores, native bfloat16, GPUs and the TensorFlow version: what sets the figures."""
     import tensorflow as tf
 
-    from maskspine.precision import cpu_has_native_bfloat16, gpu_compute_capabilities
+    from maskspine.precision import cpu_bfloat16_flags, gpu_compute_capabilities
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -169,7 +169,8 @@ def machine_description() -> str:
             break
     gpus = gpu_compute_capabilities()
     gpu_text = ", ".join(f"GPU (compute {major}.{minor})" for major, minor in gpus) or "no GPU"
-    bf16 = "AMX/AVX512-BF16" if cpu_has_native_bfloat16() else "no native bfloat16"
+    flags = cpu_bfloat16_flags()
+    bf16 = f"native bfloat16 ({', '.join(flags)})" if flags else "no native bfloat16"
     return (
         f"{cpu}, {os.cpu_count()} cores, {bf16}; {gpu_text}; TensorFlow {tf.__version__}, "
         f"Python {platform.python_version()}"

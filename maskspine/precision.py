@@ -37,18 +37,24 @@ _BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 @functools.cache
-def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU has AMX-BF16 or AVX512-BF16 (read from /proc/cpuinfo; False where
-    that file does not exist)."""
+def cpu_bfloat16_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...]:
+    """The /proc/cpuinfo flags of native bfloat16 this CPU has (`amx_bf16`, `avx512_bf16`),
+    in that order; empty where it has none or the file does not exist."""
     try:
         text = Path(cpuinfo).read_text(errors="replace")
     except OSError:
-        return False
+        return ()
     for line in text.splitlines():
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[-1].split())
-            return any(flag in flags for flag in _BFLOAT16_CPU_FLAGS)
-    return False
+            return tuple(flag for flag in _BFLOAT16_CPU_FLAGS if flag in flags)
+    return ()
+
+
+def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has AMX-BF16 or AVX512-BF16 (read from /proc/cpuinfo; False where
+    that file does not exist)."""
+    return bool(cpu_bfloat16_flags(cpuinfo))
 
 
 def gpu_compute_capabilities() -> list[tuple[int, int]]:

@@ -302,6 +302,11 @@ def test_auto_precision_follows_the_hardware(tmp_path, monkeypatch):
     assert precision.cpu_has_native_bfloat16(str(amx))
     assert not precision.cpu_has_native_bfloat16(str(plain))
     assert not precision.cpu_has_native_bfloat16(str(tmp_path / "absent"))
+    zen4 = tmp_path / "zen4"
+    zen4.write_text("processor : 0\nflags : fpu avx512f avx512_bf16 avx512_vnni\n")
+    assert precision.cpu_bfloat16_flags(str(amx)) == ("amx_bf16",)
+    assert precision.cpu_bfloat16_flags(str(zen4)) == ("avx512_bf16",)
+    assert precision.cpu_bfloat16_flags(str(plain)) == ()
     monkeypatch.setattr(precision, "gpu_compute_capabilities", lambda: [])
     monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: True)
     assert precision.resolve_precision("auto") == "bfloat16"
