@@ -73,6 +73,20 @@ def op_times(trace_dir: str) -> tuple[collections.Counter, collections.Counter]:
     return by_type, by_name
 
 
+def by_scope(by_name: collections.Counter, depth: int = 2) -> collections.Counter:
+    """Seconds of the ops that are not conv / matmul kernels, summed by the first `depth`
+    parts of their name scope (a gradient's `gradient_tape/` prefix dropped, so a layer's
+    forward and backward ops add up)."""
+    scopes: collections.Counter = collections.Counter()
+    for name, seconds in by_name.items():
+        op_name, op_type = name.rsplit(":", 1)
+        if op_type in MATRIX_OPS:
+            continue
+        parts = op_name.removeprefix("gradient_tape/").split("/")
+        scopes["/".join(parts[:depth])] += seconds
+    return scopes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/mask_rcnn_49_640.yaml")
@@ -147,6 +161,9 @@ def main() -> None:
     print("ops:")
     for op, seconds in by_name.most_common(args.top):
         print(f"  {100 * seconds / total:5.1f} %  {seconds / args.runs:7.3f} s  {op}")
+    print("other than conv/matmul kernels, by the layer they belong to (forward and gradient):")
+    for scope, seconds in by_scope(by_name).most_common(args.top):
+        print(f"  {100 * seconds / total:5.1f} %  {seconds / args.runs:7.3f} s  {scope}")
     sys.stdout.flush()
 
 

@@ -17,6 +17,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from maskspine.modeling.layers import BatchNormalization
+
 
 def _fold(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """[B, N, ...] -> [B*N, ...], with the dynamic (B, N) to unfold later."""
@@ -56,7 +58,7 @@ def _conv_bn_relu_stack(
                 kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "normal"),
                 name=f"{name}_conv{i + 1}",
             ),
-            layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=f"{name}_bn{i + 1}"),
+            BatchNormalization(momentum=momentum, epsilon=epsilon, name=f"{name}_bn{i + 1}"),
             _activation_layer(activation, f"{name}_{activation}{i + 1}"),
         ]
     return stack
@@ -140,7 +142,7 @@ class BoxHead(layers.Layer):
         ]
         # With fc_norm: FC i -> fc_norms[i] -> activation.
         self.fc_norms = [
-            layers.BatchNormalization(
+            BatchNormalization(
                 momentum=norm_momentum, epsilon=norm_epsilon, name=f"box_head_fc{i + 1}_bn"
             )
             for i in range(num_shared_fcs if fc_norm else 0)
@@ -254,7 +256,7 @@ class MaskHead(layers.Layer):
             name="mask_head_deconv",
         )
         self.upsample_norm = (
-            layers.BatchNormalization(
+            BatchNormalization(
                 momentum=norm_momentum, epsilon=norm_epsilon, name="mask_head_deconv_bn"
             )
             if deconv_norm

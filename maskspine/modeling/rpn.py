@@ -21,6 +21,7 @@ import tensorflow as tf
 from keras import layers
 
 from maskspine.modeling import box_ops
+from maskspine.modeling.layers import BatchNormalization
 from maskspine.modeling.nms import NMS_RULES, combined_nms, padded_nms
 from maskspine.modeling.part import Part
 
@@ -79,7 +80,7 @@ class RPNHead(layers.Layer):
         # norms[level][i]: the BatchNorm after conv i at that level.
         self.norms = {
             level: [
-                layers.BatchNormalization(
+                BatchNormalization(
                     momentum=norm_momentum,
                     epsilon=norm_epsilon,
                     name=f"rpn_bn_p{level}" if i == 0 else f"rpn_bn{i + 1}_p{level}",
