@@ -89,17 +89,20 @@ FUSED_MIN_EPSILON = 1.001e-5
 
 @keras.saving.register_keras_serializable(package="maskspine")
 class BatchNormalization(layers.BatchNormalization):
-    """Keras' BatchNormalization, with the training call on 4-D NHWC inputs run by
-    TensorFlow's fused kernel (`FusedBatchNormV3` and `FusedBatchNormGradV3`: the batch's
-    mean and variance in one pass, the gradient in one op) instead of Keras' moments and
-    element-wise ops, which took about a tenth of a SpineNet-49 Mask R-CNN training step at
-    640 on a CPU (`benchmarks/op_profile.py`). The results are Keras': inputs normalised by
-    the batch mean and biased variance (per channel over N, H, W), the moving statistics
-    updated with the biased variance (the kernel returns the unbiased one; it is rescaled
-    by (n - 1) / n here), float16 / bfloat16 inputs normalised in float32 inside the kernel.
-    Inference, masked, renormalised, synchronised (SyncBN) and non-NHWC calls, and
-    epsilons below `FUSED_MIN_EPSILON`, take Keras' path unchanged. Variables, config and
-    saved weights are Keras' own."""
+    """Keras' BatchNormalization, run on 4-D NHWC inputs by TensorFlow's fused kernel
+    (`FusedBatchNormV3` and `FusedBatchNormGradV3`) instead of Keras' moments and
+    element-wise ops. In training that computes the batch's mean and variance in one pass
+    and the gradient in one op (Keras' ops took about a tenth of a SpineNet-49 Mask R-CNN
+    training step at 640 on a CPU, `benchmarks/op_profile.py`); in inference (and when
+    frozen) the kernel takes bfloat16 / float16 inputs without casting them to float32 and
+    back, and Grappler folds it into the convolution before it. The results are Keras':
+    in training, inputs normalised by the batch mean and biased variance (per channel over
+    N, H, W) and the moving statistics updated with the biased variance (the kernel returns
+    the unbiased one; it is rescaled by (n - 1) / n here); otherwise normalised by the
+    moving statistics; in float32 inside the kernel whatever the input's dtype. Masked,
+    renormalised, synchronised (SyncBN) and non-NHWC calls, and epsilons below
+    `FUSED_MIN_EPSILON`, take Keras' path unchanged. Variables, config and saved weights
+    are Keras' own."""
 
     def _fusable(self, inputs, mask) -> bool:
         return (
@@ -113,19 +116,31 @@ class BatchNormalization(layers.BatchNormalization):
         )
 
     def call(self, inputs, training=None, mask=None):
-        if not (training and self.trainable and self._fusable(inputs, mask)):
+        if not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]
         gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
         beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+        moving_mean = tf.cast(self.moving_mean, tf.float32)
+        moving_variance = tf.cast(self.moving_variance, tf.float32)
+        if not (training and self.trainable):
+            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                inputs,
+                gamma,
+                beta,
+                mean=moving_mean,
+                variance=moving_variance,
+                epsilon=self.epsilon,
+                data_format="NHWC",
+                is_training=False,
+            )
+            return tf.cast(outputs, self.compute_dtype)
         outputs, mean, unbiased = tf.compat.v1.nn.fused_batch_norm(
             inputs, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True
         )
         shape = tf.shape(inputs)
         count = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
         variance = tf.where(count > 1.0, unbiased * (count - 1.0) / count, 0.0)
-        moving_mean = tf.cast(self.moving_mean, tf.float32)
-        moving_variance = tf.cast(self.moving_variance, tf.float32)
         self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(
             moving_variance * self.momentum + variance * (1.0 - self.momentum)

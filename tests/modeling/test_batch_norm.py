@@ -1,7 +1,7 @@
-"""maskspine's BatchNormalization (TensorFlow's fused kernel in training) against Keras' own
-layer with the same weights: outputs, moving statistics and gradients, in float32 and under
-the mixed bfloat16 policy, compiled by XLA too, and Keras' path where the kernel does not
-apply."""
+"""maskspine's BatchNormalization (TensorFlow's fused kernel) against Keras' own layer with
+the same weights: outputs, moving statistics and gradients, in training, inference and
+frozen, in float32 and under the mixed bfloat16 policy, compiled by XLA too, and Keras' path
+where the kernel does not apply."""
 
 from __future__ import annotations
 
@@ -63,13 +63,33 @@ def test_training_call_equals_keras(shape):
     np.testing.assert_allclose(got[3], want[3], rtol=1e-5, atol=1e-6)  # moving variance
 
 
-def test_the_fused_kernel_runs_in_training_only():
+def test_the_fused_kernel_runs_in_training_and_inference():
     ours, _ = _pair((2, 4, 4, 3))
     x = tf.zeros((2, 4, 4, 3))
-    for training, fused in ((True, True), (False, False)):
+    for training in (True, False):
         graph = tf.function(lambda x, t=training: ours(x, training=t)).get_concrete_function(x)
         types = {op.type for op in graph.graph.get_operations()}
-        assert ("FusedBatchNormV3" in types) == fused, types
+        assert "FusedBatchNormV3" in types, types
+        assert "Mean" not in types and "Rsqrt" not in types, types
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_inference_and_frozen_calls_equal_keras(dtype):
+    shape = (3, 10, 6, 8)
+    x = tf.random.stateless_normal(shape, seed=[13, 14]) * 2.0 + 0.5
+    ours, theirs = _pair(shape, dtype=dtype)
+    if dtype == "mixed_bfloat16":
+        x = tf.cast(x, tf.bfloat16)
+    tolerance = {"rtol": 1e-4, "atol": 2e-5} if dtype == "float32" else {"rtol": 1e-2, "atol": 2e-2}
+    got, want = _step(ours, x, training=False), _step(theirs, x, training=False)
+    np.testing.assert_allclose(got[0], want[0], **tolerance)
+    for layer in (ours, theirs):  # frozen: training, but the moving statistics are used
+        layer.trainable = False
+    got, want = _step(ours, x), _step(theirs, x)
+    np.testing.assert_allclose(got[0], want[0], **tolerance)
+    np.testing.assert_allclose(got[1][0], want[1][0], **tolerance)  # the gradient of x
+    np.testing.assert_allclose(got[2], want[2])  # the moving statistics did not move
+    np.testing.assert_allclose(got[3], want[3])
 
 
 def test_moving_variance_is_the_biased_batch_variance():
