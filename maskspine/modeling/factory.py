@@ -28,6 +28,7 @@ from maskspine.modeling.anchors import AnchorGenerator
 from maskspine.modeling.box_ops import ImageWindow
 from maskspine.modeling.detection import DetectionGenerator
 from maskspine.modeling.heads import BoxHead, MaskHead
+from maskspine.modeling.layers import BatchNormalization
 from maskspine.modeling.losses import MaskRCNNLoss
 from maskspine.modeling.mask_rcnn import MaskRCNN
 from maskspine.modeling.roi_align import RoIAligner
@@ -71,10 +72,10 @@ def build_parts(config: Config) -> dict[str, Any]:
     precision = resolve_precision(config.precision)
     jit = resolve_jit_compile(config.jit_compile)
     with dtype_policy(precision):
-        backbone = build_backbone(config)
-        rpn_head = build_rpn_head(config)
-        box_head = build_box_head(config)
-        mask_head = build_mask_head(config)
+        backbone = build_backbone(config, jit)
+        rpn_head = build_rpn_head(config, jit)
+        box_head = build_box_head(config, jit)
+        mask_head = build_mask_head(config, jit)
     anchors = build_anchor_generator(config)
     return dict(
         backbone=backbone,
@@ -101,8 +102,9 @@ def build_parts(config: Config) -> dict[str, Any]:
 # --------------------------------------------------------------------------- with weights
 
 
-def build_backbone(config: Config) -> keras.Model:
-    """SpineNet of `backbone` for the config's input size (`modeling.spinenet`)."""
+def build_backbone(config: Config, jit: bool = False) -> keras.Model:
+    """SpineNet of `backbone` for the config's input size (`modeling.spinenet`). `jit`: its BatchNorms
+    set for XLA (`_configure_batch_norm`)."""
     backbone = config.backbone
     model = build_spinenet(
         backbone.arch,
@@ -121,12 +123,13 @@ def build_backbone(config: Config) -> keras.Model:
         downsample_pooling=backbone.downsample_pooling,
         name="backbone",
     )
-    _synchronize_batch_norm(model, backbone.norm_cfg.type == "SyncBN")
+    _configure_batch_norm(model, backbone.norm_cfg.type == "SyncBN", jit)
     return model
 
 
-def build_rpn_head(config: Config) -> RPNHead:
-    """The RPN head of `rpn`, built for the backbone's channels."""
+def build_rpn_head(config: Config, jit: bool = False) -> RPNHead:
+    """The RPN head of `rpn`, built for the backbone's channels. `jit`: its BatchNorms
+    set for XLA (`_configure_batch_norm`)."""
     rpn = config.rpn
     generator = rpn.anchor_generator
     head = RPNHead(
@@ -140,13 +143,14 @@ def build_rpn_head(config: Config) -> RPNHead:
         norm_epsilon=rpn.norm_cfg.eps,
         name="rpn_head",
     )
-    _synchronize_batch_norm(head, rpn.norm_cfg.type == "SyncBN")
+    _configure_batch_norm(head, rpn.norm_cfg.type == "SyncBN", jit)
     head.build((None, None, None, endpoint_channels(config)))
     return head
 
 
-def build_box_head(config: Config) -> BoxHead:
-    """The box head of `bbox_head`, built for `roi`'s RoI size."""
+def build_box_head(config: Config, jit: bool = False) -> BoxHead:
+    """The box head of `bbox_head`, built for `roi`'s RoI size. `jit`: its BatchNorms
+    set for XLA (`_configure_batch_norm`)."""
     box = config.bbox_head
     head = BoxHead(
         config.num_classes,
@@ -162,14 +166,15 @@ def build_box_head(config: Config) -> BoxHead:
         activation=box.activation,
         name="box_head",
     )
-    _synchronize_batch_norm(head, box.norm_cfg.type == "SyncBN")
+    _configure_batch_norm(head, box.norm_cfg.type == "SyncBN", jit)
     size = config.roi.roi_layer.out_size
     head.build((None, None, size, size, endpoint_channels(config)))
     return head
 
 
-def build_mask_head(config: Config) -> MaskHead:
-    """The mask head of `mask_head`, built for `mask_roi`'s RoI size."""
+def build_mask_head(config: Config, jit: bool = False) -> MaskHead:
+    """The mask head of `mask_head`, built for `mask_roi`'s RoI size. `jit`: its BatchNorms
+    set for XLA (`_configure_batch_norm`)."""
     mask = config.mask_head
     head = MaskHead(
         config.num_classes,
@@ -182,7 +187,7 @@ def build_mask_head(config: Config) -> MaskHead:
         activation=mask.activation,
         name="mask_head",
     )
-    _synchronize_batch_norm(head, mask.norm_cfg.type == "SyncBN")
+    _configure_batch_norm(head, mask.norm_cfg.type == "SyncBN", jit)
     size = config.mask_roi.roi_layer.out_size
     head.build((None, None, size, size, endpoint_channels(config)))
     return head
@@ -206,12 +211,17 @@ def _sublayers(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
         pending.extend(children)
 
 
-def _synchronize_batch_norm(part: keras.layers.Layer, synchronized: bool) -> None:
+def _configure_batch_norm(part: keras.layers.Layer, synchronized: bool, jit: bool) -> None:
     """norm_cfg.type SyncBN: BatchNorm statistics over all replicas (Keras reads the flag
-    at call time and saves it with the layer)."""
+    at call time and saves it with the layer). `jit`: maskspine's BatchNormalization keeps
+    Keras' ops instead of TensorFlow's fused kernel, for XLA to fuse them itself (with the
+    fused kernel the compiled training step's gradient norm differed from the graph's by
+    2.2e-4 relative on the trained shapes demo, `benchmarks/xla_equality.py`)."""
     for layer in _sublayers(part):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = synchronized
+        if isinstance(layer, BatchNormalization):
+            layer.fused = not jit
 
 
 # --------------------------------------------------------------------------- without weights

@@ -100,13 +100,22 @@ class BatchNormalization(layers.BatchNormalization):
     N, H, W) and the moving statistics updated with the biased variance (the kernel returns
     the unbiased one; it is rescaled by (n - 1) / n here); otherwise normalised by the
     moving statistics; in float32 inside the kernel whatever the input's dtype. Masked,
-    renormalised, synchronised (SyncBN) and non-NHWC calls, and epsilons below
-    `FUSED_MIN_EPSILON`, take Keras' path unchanged. Variables, config and saved weights
-    are Keras' own."""
+    renormalised, synchronised (SyncBN) and non-NHWC calls, epsilons below
+    `FUSED_MIN_EPSILON`, and layers built with `fused=False` (the factory's choice for a
+    model XLA compiles: XLA fuses Keras' ops itself) take Keras' path unchanged. Variables
+    and saved weights are Keras' own; the config adds `fused`."""
+
+    def __init__(self, *, fused: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.fused = bool(fused)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "fused": self.fused}
 
     def _fusable(self, inputs, mask) -> bool:
         return (
-            mask is None
+            self.fused
+            and mask is None
             and len(inputs.shape) == 4
             and self.axis in (-1, 3)
             and not self.renorm

@@ -147,3 +147,24 @@ def test_config_round_trip():
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(again) is BatchNormalization
     assert again.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("jit_compile, fused", [("false", True), ("true", False)])
+def test_the_factory_leaves_batch_norm_to_xla_when_compiled(jit_compile, fused):
+    from model_fixtures import REPO, TINY_OVERRIDES
+
+    from maskspine.config import load_config
+    from maskspine.modeling.factory import _sublayers, build_mask_rcnn
+
+    config = load_config(
+        f"{REPO}/configs/mask_rcnn_49_640.yaml", [*TINY_OVERRIDES, f"jit_compile={jit_compile}"]
+    )
+    model = build_mask_rcnn(config)
+    norms = [
+        layer
+        for part in (model.backbone, model.rpn_head, model.box_head, model.mask_head)
+        for layer in _sublayers(part)
+        if isinstance(layer, BatchNormalization)
+    ]
+    assert len(norms) > 10
+    assert {layer.fused for layer in norms} == {fused}
