@@ -95,7 +95,7 @@ class BatchNormalization(layers.BatchNormalization):
     and the gradient in one op (Keras' ops took about a tenth of a SpineNet-49 Mask R-CNN
     training step at 640 on a CPU, `benchmarks/op_profile.py`); in inference (and when
     frozen) the kernel takes bfloat16 / float16 inputs without casting them to float32 and
-    back, and Grappler folds it into the convolution before it. The results are Keras':
+    back (Grappler fuses it with a ReLU after it: `_FusedBatchNormEx`). The results are Keras':
     in training, inputs normalised by the batch mean and biased variance (per channel over
     N, H, W) and the moving statistics updated with the biased variance (the kernel returns
     the unbiased one; it is rescaled by (n - 1) / n here); otherwise normalised by the
