@@ -29,7 +29,9 @@ close to the limit a function runs.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import hashlib
 import os
 import platform
@@ -278,3 +280,120 @@ def share_of_peak(count: FlopCount, seconds: float, peaks: dict[str, float]) -> 
     at the peaks over the time it took (1.0: every second spent in convolutions and matrix
     products at their peak rates)."""
     return count.ideal_seconds(peaks) / max(seconds, 1e-12)
+
+
+# ------------------------------------------------------------ the dense kernels, run alone
+
+
+@dataclass(frozen=True)
+class DenseOp:
+    """One convolution or matrix product of a traced graph, as its kernel is called: the op
+    type, each input's shape and dtype (an int32 size input, such as a convolution
+    gradient's `filter_sizes`, as its value), the attributes it is called with and its FLOPs
+    (counted as `count_flops` does)."""
+
+    type: str
+    inputs: tuple[tuple[str, tuple[int, ...], str], ...]  # (argument, shape or value, dtype)
+    attrs: tuple[tuple[str, Any], ...]
+    flops: int
+
+    def random_inputs(self) -> dict[str, Any]:
+        """Inputs of this op's shapes and dtypes, by argument name: seeded normal values, and
+        the int32 size inputs as their values."""
+        import tensorflow as tf
+
+        inputs = {}
+        for index, (name, shape, dtype) in enumerate(self.inputs):
+            if dtype == "int32":
+                inputs[name] = tf.constant(shape, tf.int32)
+            else:
+                values = tf.random.stateless_normal(shape, seed=[index, 0])
+                inputs[name] = tf.cast(values, tf.dtypes.as_dtype(dtype))
+        return inputs
+
+    def function(self) -> Callable[..., Any]:
+        """A `tf.function` running this op alone, with its attributes, on inputs given by
+        argument name (as `random_inputs` makes them; arguments, so nothing is folded into
+        a constant)."""
+        import inspect
+
+        import tensorflow as tf
+
+        raw = getattr(tf.raw_ops, self.type)
+        accepted = inspect.signature(raw).parameters
+        attrs = {name: value for name, value in self.attrs if name in accepted}
+        return tf.function(lambda **inputs: raw(**inputs, **attrs))
+
+
+def dense_ops(graph: Any) -> collections.Counter:
+    """{DenseOp: how many times the graph runs it} for the convolutions and matrix products
+    of `graph` (a concrete function's `.graph`, nested functions included) whose shapes are
+    all known."""
+    found: collections.Counter = collections.Counter()
+    for op in graph_ops(graph):
+        if op.type not in _CONV_OPS and op.type not in _MATMUL_OPS:
+            continue
+        flops = _conv_flops(op) if op.type in _CONV_OPS else _matmul_flops(op)
+        output = _shape(op.outputs[0])
+        if flops is None or output is None:
+            continue
+        inputs = []
+        for argument, tensor in zip(op.op_def.input_arg, op.inputs):
+            if tensor.dtype == "int32":  # the sizes of a gradient's output
+                inputs.append((argument.name, tuple(output), "int32"))
+                continue
+            shape = _shape(tensor)
+            if shape is None:
+                break
+            inputs.append((argument.name, tuple(shape), tensor.dtype.name))
+        else:
+            attrs = tuple(
+                (attr.name, _hashable(op.get_attr(attr.name)))
+                for attr in op.op_def.attr
+                if attr.type != "type" or attr.name == "Tout"
+            )
+            found[DenseOp(op.type, tuple(inputs), attrs, flops)] += 1
+    return found
+
+
+def _hashable(value: Any) -> Any:
+    """An attribute's value as a dict key: lists (strides, dilations) as tuples."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+@dataclass
+class KernelFloor:
+    """The time a function's dense kernels take, each run alone at its own shapes (both
+    cores, median of a few calls), one after another: what the kernels allow the function.
+
+    Attributes:
+        seconds: the sum over the function's dense ops of their time alone.
+        rows: (DenseOp, times the function runs it, seconds of one run alone), slowest total
+            first.
+    """
+
+    seconds: float
+    rows: list[tuple[DenseOp, int, float]]
+
+    def by_type(self) -> dict[str, float]:
+        """{op type: seconds} of the floor."""
+        totals: dict[str, float] = {}
+        for op, count, seconds in self.rows:
+            totals[op.type] = totals.get(op.type, 0.0) + count * seconds
+        return totals
+
+
+def kernel_floor(function: Callable, *args: Any, runs: int = 5, **kwargs: Any) -> KernelFloor:
+    """`KernelFloor` of one call of `function` (traced, as `count_flops` does, for these
+    arguments) on this host: each distinct convolution and matrix product is timed alone."""
+    import tensorflow as tf
+
+    if not hasattr(function, "get_concrete_function"):
+        function = tf.function(function)
+    ops = dense_ops(function.get_concrete_function(*args, **kwargs).graph)
+    rows = []
+    for op, count in ops.items():
+        call = functools.partial(op.function(), **op.random_inputs())
+        rows.append((op, count, _median_seconds(call, runs=runs)))
+    rows.sort(key=lambda row: -row[1] * row[2])
+    return KernelFloor(sum(count * seconds for _, count, seconds in rows), rows)

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maskspine.flops import count_flops, host_peaks, measure_peaks, share_of_peak
+from maskspine.flops import (
+    count_flops,
+    dense_ops,
+    host_peaks,
+    kernel_floor,
+    measure_peaks,
+    share_of_peak,
+)
 
 
 def test_a_convolution_a_dense_layer_and_a_transposed_convolution_by_hand():
@@ -104,3 +111,57 @@ def test_measured_peaks_are_plausible():
     peaks = measure_peaks("float32")
     assert 1e9 < peaks["conv"] < 1e13 and 1e9 < peaks["matmul"] < 1e13
     assert np.isfinite(list(peaks.values())).all()
+
+
+def _conv_step(x, w, v):
+    """A strided convolution, its two gradients and a matrix product."""
+    with tf.GradientTape() as tape:
+        tape.watch([x, w])
+        y = tf.nn.conv2d(x, w, 2, "SAME")
+        loss = tf.reduce_sum(y * y)
+    grads = tape.gradient(loss, [x, w])
+    return grads, tf.matmul(v, v, transpose_b=True)
+
+
+def test_dense_ops_run_alone_give_what_the_graph_computes():
+    x, w, v = tf.zeros([2, 9, 9, 3]), tf.zeros([3, 3, 3, 5]), tf.zeros([4, 6])
+    ops = dense_ops(tf.function(_conv_step).get_concrete_function(x, w, v).graph)
+    by_type = {op.type: op for op in ops}
+    assert set(by_type) == {"Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "MatMul"}
+    assert set(ops.values()) == {1}
+    # Each op alone, on its own random inputs, against the same arithmetic written here.
+    conv = by_type["Conv2D"]
+    inputs = conv.random_inputs()
+    expected = tf.nn.conv2d(inputs["input"], inputs["filter"], 2, "SAME")
+    np.testing.assert_allclose(conv.function()(**inputs), expected, rtol=1e-5, atol=1e-5)
+    assert conv.flops == 2 * (2 * 5 * 5 * 5) * (3 * 3 * 3)
+    grad = by_type["Conv2DBackpropFilter"]
+    inputs = grad.random_inputs()
+    assert inputs["filter_sizes"].numpy().tolist() == [3, 3, 3, 5]
+    with tf.GradientTape() as tape:
+        tape.watch(filters := tf.zeros([3, 3, 3, 5]))
+        y = tf.nn.conv2d(inputs["input"], filters, 2, "SAME")
+    expected = tape.gradient(y, filters, output_gradients=inputs["out_backprop"])
+    np.testing.assert_allclose(grad.function()(**inputs), expected, rtol=1e-4, atol=1e-4)
+    matmul = by_type["MatMul"]
+    inputs = matmul.random_inputs()
+    expected = inputs["a"].numpy() @ inputs["b"].numpy().T
+    np.testing.assert_allclose(matmul.function()(**inputs), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_called_twice_is_one_op_run_twice_and_dtypes_are_kept():
+    conv = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, dtype="mixed_bfloat16")
+    x = tf.zeros([1, 8, 8, 2])
+    conv.build(x.shape)
+    graph = tf.function(lambda x: conv(conv(x)[..., :2])).get_concrete_function(x).graph
+    ops = dense_ops(graph)
+    assert len(ops) == 1
+    ((op, count),) = ops.items()
+    assert count == 2 and op.type == "Conv2D"
+    assert [dtype for _, _, dtype in op.inputs] == ["bfloat16", "bfloat16"]
+    assert op.function()(**op.random_inputs()).dtype == tf.bfloat16
+    floor = kernel_floor(lambda x: conv(conv(x)[..., :2]), x, runs=3)
+    ((row_op, row_count, seconds),) = floor.rows
+    assert row_op == op and row_count == 2 and seconds > 0
+    assert floor.seconds == pytest.approx(2 * seconds)
+    assert floor.by_type() == {"Conv2D": pytest.approx(2 * seconds)}

@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from maskspine.modeling.layers import BatchNormalization
+from maskspine.modeling.layers import BatchNormalization, Conv2D, fold_batch_norm
 
 
 def _fold(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -49,18 +49,17 @@ def _conv_bn_relu_stack(
 ) -> list[layers.Layer]:
     stack = []
     for i in range(count):
-        stack += [
-            layers.Conv2D(
-                filters,
-                3,
-                padding="same",
-                use_bias=use_bias,
-                kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "normal"),
-                name=f"{name}_conv{i + 1}",
-            ),
-            BatchNormalization(momentum=momentum, epsilon=epsilon, name=f"{name}_bn{i + 1}"),
-            _activation_layer(activation, f"{name}_{activation}{i + 1}"),
-        ]
+        conv = Conv2D(
+            filters,
+            3,
+            padding="same",
+            use_bias=use_bias,
+            kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "normal"),
+            name=f"{name}_conv{i + 1}",
+        )
+        norm = BatchNormalization(momentum=momentum, epsilon=epsilon, name=f"{name}_bn{i + 1}")
+        fold_batch_norm(conv, norm)
+        stack += [conv, norm, _activation_layer(activation, f"{name}_{activation}{i + 1}")]
     return stack
 
 
@@ -73,13 +72,11 @@ def _build_stack(stack: list[layers.Layer], shape: tuple) -> tuple:
 
 
 def _run_stack(stack: list[layers.Layer], x, training):
-    """Applies conv / BN / ReLU layers in order; BatchNorm gets the training flag."""
+    """Applies conv / BN / ReLU layers in order; BatchNorm and the convs that fold it get
+    the training flag."""
     for layer in stack:
-        x = (
-            layer(x, training=training)
-            if isinstance(layer, layers.BatchNormalization)
-            else layer(x)
-        )
+        takes_training = isinstance(layer, (layers.BatchNormalization, Conv2D))
+        x = layer(x, training=training) if takes_training else layer(x)
     return x
 
 

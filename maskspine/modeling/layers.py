@@ -8,6 +8,8 @@ Tensors are NHWC.
 
 from __future__ import annotations
 
+import weakref
+
 import keras
 import tensorflow as tf
 from keras import layers, ops
@@ -86,6 +88,9 @@ class InputSizeCheck(layers.Layer):
 #: this for cuDNN); below it the layer keeps Keras' computation.
 FUSED_MIN_EPSILON = 1.001e-5
 
+#: Compute dtypes in which a BatchNormalization after a Conv2D is folded into it in inference.
+LOW_PRECISION = ("bfloat16", "float16")
+
 
 @keras.saving.register_keras_serializable(package="maskspine")
 class BatchNormalization(layers.BatchNormalization):
@@ -108,6 +113,7 @@ class BatchNormalization(layers.BatchNormalization):
     def __init__(self, *, fused: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.fused = bool(fused)
+        self.folded = False  # set by `fold_batch_norm`: a Conv2D applies it (`folds`)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "fused": self.fused}
@@ -124,7 +130,36 @@ class BatchNormalization(layers.BatchNormalization):
             and inputs.dtype in (tf.float32, tf.bfloat16, tf.float16)
         )
 
+    def folds(self, training) -> bool:
+        """Whether the Conv2D this layer follows (`fold_batch_norm`) applies it in a call with
+        this `training` flag: on the moving statistics (inference, or frozen), in bfloat16 or
+        float16, for a fused layer; this layer then passes its input through."""
+        return (
+            self.folded
+            and self.fused
+            and not (training and self.trainable)
+            and self.compute_dtype in LOW_PRECISION
+            and self.axis in (-1, 3)
+            and not self.renorm
+            and self.epsilon >= FUSED_MIN_EPSILON
+        )
+
+    def scale_and_shift(self) -> tuple:
+        """(scale, shift), float32 [C]: the normalisation on the moving statistics as
+        `x * scale + shift`, scale = gamma / sqrt(moving variance + epsilon) and
+        shift = beta - moving mean x scale."""
+        variance = tf.cast(self.moving_variance, tf.float32)
+        scale = tf.math.rsqrt(variance + self.epsilon)
+        if self.scale:
+            scale *= tf.cast(self.gamma, tf.float32)
+        shift = -tf.cast(self.moving_mean, tf.float32) * scale
+        if self.center:
+            shift += tf.cast(self.beta, tf.float32)
+        return scale, shift
+
     def call(self, inputs, training=None, mask=None):
+        if mask is None and self.folds(training):
+            return inputs  # the Conv2D before it applied it
         if not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]
@@ -157,9 +192,51 @@ class BatchNormalization(layers.BatchNormalization):
         return tf.cast(outputs, self.compute_dtype)
 
 
-def batch_norm(x, *, momentum: float, epsilon: float, name: str):
-    """BatchNormalization with Keras-style `momentum` (moving-average decay)."""
-    return BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)(x)
+@keras.saving.register_keras_serializable(package="maskspine")
+class Conv2D(layers.Conv2D):
+    """Keras' Conv2D that can apply the BatchNormalization after it (`fold_batch_norm`).
+    When that normalisation runs on its moving statistics in bfloat16 or float16 (inference
+    in low precision), this layer convolves with its kernel scaled per output channel (in
+    float32, then cast) and adds the folded bias with `BiasAdd`, and the normalisation
+    passes its input through. TensorFlow fuses Conv2D + FusedBatchNorm (+ ReLU) into one
+    oneDNN kernel only in float32; Conv2D + BiasAdd (+ ReLU, + a residual Add) it fuses in
+    bfloat16 too, so the normalisation and its separate ReLU pass disappear. Otherwise, and
+    in float32 and training, this is Keras' layer; its variables, config and saved weights
+    are Keras' own."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._folded_norm = None  # a weak reference to the BatchNormalization it applies
+
+    def call(self, inputs, training=None):
+        norm = self._folded_norm() if self._folded_norm is not None else None
+        if norm is None or not norm.folds(training):
+            return super().call(inputs)
+        scale, shift = norm.scale_and_shift()
+        kernel = tf.cast(tf.cast(self.kernel, tf.float32) * scale, self.compute_dtype)
+        if self.use_bias:
+            shift += tf.cast(self.bias, tf.float32) * scale
+        outputs = self.convolution_op(inputs, kernel)
+        return tf.nn.bias_add(outputs, tf.cast(shift, self.compute_dtype))
+
+
+def fold_batch_norm(conv: Conv2D, norm: BatchNormalization) -> None:
+    """Makes `conv` apply `norm` where `norm.folds` says so. `norm` must take `conv`'s output
+    and nothing else, with no activation between them (`conv`'s own is applied after)."""
+    if conv.activation is not keras.activations.linear:
+        raise ValueError(f"{conv.name}: a Conv2D with an activation cannot fold {norm.name}")
+    conv._folded_norm = weakref.ref(norm)
+    norm.folded = True
+
+
+def batch_norm(x, *, momentum: float, epsilon: float, name: str, conv: Conv2D | None = None):
+    """BatchNormalization with Keras-style `momentum` (moving-average decay); `conv`: the
+    Conv2D whose output `x` is, which then applies it in low-precision inference
+    (`fold_batch_norm`)."""
+    norm = BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)
+    if conv is not None:
+        fold_batch_norm(conv, norm)
+    return norm(x)
 
 
 #: `padding` values of `conv_bn`: Keras 'same', or symmetric zeros then 'valid' for strides > 1.
@@ -194,7 +271,7 @@ def conv_bn(
         after = kernel_size - 1 - before
         x = layers.ZeroPadding2D(((before, after), (before, after)), name=f"{name}_pad")(x)
         conv_padding = "valid"
-    x = layers.Conv2D(
+    conv = Conv2D(
         filters,
         kernel_size,
         strides=strides,
@@ -203,8 +280,8 @@ def conv_bn(
         kernel_initializer=KERNEL_INITIALIZER,
         kernel_regularizer=kernel_regularizer,
         name=f"{name}_conv",
-    )(x)
-    x = batch_norm(x, momentum=momentum, epsilon=epsilon, name=f"{name}_bn")
+    )
+    x = batch_norm(conv(x), momentum=momentum, epsilon=epsilon, name=f"{name}_bn", conv=conv)
     if activation:
         x = layers.Activation(activation, name=f"{name}_{activation}")(x)
     return x

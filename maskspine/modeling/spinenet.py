@@ -24,6 +24,7 @@ from keras import layers
 
 from maskspine.choices import DOWNSAMPLE_POOLINGS
 from maskspine.modeling.layers import (
+    Conv2D,
     InputSizeCheck,
     batch_norm,
     bottleneck_block,
@@ -482,17 +483,18 @@ class _SpineNetBuilder:
             scale = 2 ** (parent.level - target.level)
             x = layers.UpSampling2D(scale, interpolation="nearest", name=f"{prefix}_up")(x)
         expand = self._next("resample_expand", target.index, connection)
-        x = layers.Conv2D(
+        conv = Conv2D(
             target.channels,
             1,
             use_bias=False,
             kernel_initializer="VarianceScaling",
             kernel_regularizer=self.common["kernel_regularizer"],
             name=f"{expand.name}_conv",
-        )(x)
+        )
         return batch_norm(
-            x,
+            conv(x),
             momentum=self.common["momentum"],
             epsilon=self.common["epsilon"],
             name=f"{expand.name}_bn",
+            conv=conv,
         )
