@@ -179,8 +179,8 @@ def pixel_batches(
 ) -> tf.data.Dataset:
     """A generator of (index, uint8 [h, w, 3] RGB pixels) as model batches of
     `{"images" [B, H, W, 3] float32, "image_info" [B, 4, 2] float32, "index" [B] int64}`:
-    each image resized and padded by `pipeline.preprocess_image` (in parallel), `batch_size`
-    at a time, `prefetch` batches ahead (default: tf.data's choice)."""
+    each image resized and padded by `pipeline.preprocess_image` (`batch_size` in parallel),
+    `batch_size` at a time, `prefetch` batches ahead (default: tf.data's choice)."""
     import tensorflow as tf
 
     from maskspine.data.pipeline import preprocess_image
@@ -197,7 +197,9 @@ def pixel_batches(
         images, image_info = preprocess_image(pixels, config)
         return {"images": images, "image_info": image_info, "index": index}
 
-    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # At most a batch prepared in parallel: tf.data's autotuning raises a map's parallelism
+    # on a busy machine, and each call pulls one more item from the generator ahead.
+    dataset = dataset.map(prepare, num_parallel_calls=batch_size, deterministic=True)
     return dataset.batch(batch_size).prefetch(prefetch or tf.data.AUTOTUNE)
 
 
