@@ -199,8 +199,8 @@ class Conv2D(layers.Conv2D):
     in low precision), this layer convolves with its kernel scaled per output channel (in
     float32, then cast) and adds the folded bias with `BiasAdd`, and the normalisation
     passes its input through. TensorFlow fuses Conv2D + FusedBatchNorm (+ ReLU) into one
-    oneDNN kernel only in float32; Conv2D + BiasAdd (+ ReLU, + a residual Add) it fuses in
-    bfloat16 too, so the normalisation and its separate ReLU pass disappear. Otherwise, and
+    oneDNN kernel only in float32; Conv2D + BiasAdd (+ ReLU) it fuses in bfloat16 too, so
+    the normalisation's op and a separate ReLU pass disappear. Otherwise, and
     in float32 and training, this is Keras' layer; its variables, config and saved weights
     are Keras' own."""
 
@@ -222,7 +222,7 @@ class Conv2D(layers.Conv2D):
 
 def fold_batch_norm(conv: Conv2D, norm: BatchNormalization) -> None:
     """Makes `conv` apply `norm` where `norm.folds` says so. `norm` must take `conv`'s output
-    and nothing else, with no activation between them (`conv`'s own is applied after)."""
+    and nothing else: `conv` has no activation, and its output goes to `norm` only."""
     if conv.activation is not keras.activations.linear:
         raise ValueError(f"{conv.name}: a Conv2D with an activation cannot fold {norm.name}")
     conv._folded_norm = weakref.ref(norm)
