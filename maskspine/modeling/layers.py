@@ -89,7 +89,7 @@ class InputSizeCheck(layers.Layer):
 FUSED_MIN_EPSILON = 1.001e-5
 
 #: Compute dtypes in which a BatchNormalization after a Conv2D is folded into it in inference.
-FOLDED_DTYPES = ("float32", "bfloat16", "float16")
+LOW_PRECISION = ("bfloat16", "float16")
 
 
 @keras.saving.register_keras_serializable(package="maskspine")
@@ -132,13 +132,13 @@ class BatchNormalization(layers.BatchNormalization):
 
     def folds(self, training) -> bool:
         """Whether the Conv2D this layer follows (`fold_batch_norm`) applies it in a call with
-        this `training` flag: on the moving statistics (inference, or frozen), for a fused
-        layer (not in a model built for XLA); this layer then passes its input through."""
+        this `training` flag: on the moving statistics (inference, or frozen), in bfloat16 or
+        float16, for a fused layer; this layer then passes its input through."""
         return (
             self.folded
             and self.fused
             and not (training and self.trainable)
-            and self.compute_dtype in FOLDED_DTYPES
+            and self.compute_dtype in LOW_PRECISION
             and self.axis in (-1, 3)
             and not self.renorm
             and self.epsilon >= FUSED_MIN_EPSILON
@@ -195,14 +195,14 @@ class BatchNormalization(layers.BatchNormalization):
 @keras.saving.register_keras_serializable(package="maskspine")
 class Conv2D(layers.Conv2D):
     """Keras' Conv2D that can apply the BatchNormalization after it (`fold_batch_norm`).
-    When that normalisation runs on its moving statistics (inference, or frozen), this layer
-    convolves with its kernel scaled per output channel (in float32, then cast to the
-    compute dtype) and adds the folded bias with `BiasAdd`, and the normalisation passes its
-    input through. TensorFlow fuses Conv2D + FusedBatchNorm (+ ReLU) into one oneDNN kernel
-    only in float32, and that kernel is slow without AVX-512 (5.6x the folded inference of
-    the shapes demo with oneDNN held to AVX2); Conv2D + BiasAdd (+ ReLU) it fuses in every
-    precision on every ISA. In training, and in a model built for XLA, this is Keras'
-    layer; its variables, config and saved weights are Keras' own."""
+    When that normalisation runs on its moving statistics in bfloat16 or float16 (inference
+    in low precision), this layer convolves with its kernel scaled per output channel (in
+    float32, then cast) and adds the folded bias with `BiasAdd`, and the normalisation
+    passes its input through. TensorFlow fuses Conv2D + FusedBatchNorm (+ ReLU) into one
+    oneDNN kernel only in float32; Conv2D + BiasAdd (+ ReLU) it fuses in bfloat16 too, so
+    the normalisation's op and a separate ReLU pass disappear. Otherwise, and
+    in float32 and training, this is Keras' layer; its variables, config and saved weights
+    are Keras' own."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

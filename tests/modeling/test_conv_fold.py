@@ -1,6 +1,7 @@
-"""A BatchNormalization folded into the Conv2D before it (`fold_batch_norm`) in inference:
-outputs against the convolution and normalisation written here in numpy, the ops the traced
-graph runs, where folding does not apply, and weights files shared with Keras' Conv2D."""
+"""A BatchNormalization folded into the Conv2D before it (`fold_batch_norm`) in low-precision
+inference: outputs against the convolution and normalisation written here in numpy, the ops
+the traced graph runs, where folding does not apply, and weights files shared with Keras'
+Conv2D."""
 
 from __future__ import annotations
 
@@ -81,18 +82,12 @@ def test_a_frozen_normalisation_folds_in_training_too():
     np.testing.assert_allclose(got, want, rtol=3e-2, atol=3e-2 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("use_bias", [False, True])
-def test_float32_inference_folds_to_float32_accuracy(use_bias):
+def test_float32_and_training_keep_the_normalisation():
     x = tf.random.stateless_normal([2, 8, 8, 4], seed=[0, 3])
-    model, conv, norm = _conv_bn("float32", use_bias)
-    types = _op_types(model, x, training=False)
-    assert "BiasAdd" in types and not any("FusedBatchNorm" in kind for kind in types)
+    model, conv, norm = _conv_bn("float32")
+    assert any("FusedBatchNorm" in kind for kind in _op_types(model, x, training=False))
     want = _numpy_reference(np.asarray(x), conv, norm)
-    np.testing.assert_allclose(model(x, training=False), want, rtol=1e-5, atol=1e-5)
-
-
-def test_training_keeps_the_normalisation():
-    x = tf.random.stateless_normal([2, 8, 8, 4], seed=[0, 3])
+    np.testing.assert_allclose(model(x, training=False), want, rtol=1e-4, atol=1e-4)
     model, _, norm = _conv_bn("mixed_bfloat16")
     before = np.asarray(norm.moving_mean)
     assert any("FusedBatchNorm" in kind for kind in _op_types(model, x, training=True))
