@@ -24,7 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def timed_call(config, what: str):
-    """(a function of no arguments running one call, the `tf.function` and its arguments)."""
+    """(the `tf.function` timed, its arguments): inference of one random image, or a
+    training step on a synthetic batch of `config.batch_size`, of a fresh model."""
     import tensorflow as tf
 
     from maskspine.benchmark import synthetic_training_batch

@@ -118,15 +118,22 @@ class BatchNormalization(layers.BatchNormalization):
     def get_config(self) -> dict:
         return {**super().get_config(), "fused": self.fused}
 
-    def _fusable(self, inputs, mask) -> bool:
+    def _plain(self) -> bool:
+        """Settings that the fused kernel and the fold both take: a fused layer on the last
+        axis, without renormalisation, with an epsilon the kernel keeps as given."""
         return (
             self.fused
-            and mask is None
-            and len(inputs.shape) == 4
             and self.axis in (-1, 3)
             and not self.renorm
-            and not self.synchronized
             and self.epsilon >= FUSED_MIN_EPSILON
+        )
+
+    def _fusable(self, inputs, mask) -> bool:
+        return (
+            self._plain()
+            and mask is None
+            and len(inputs.shape) == 4
+            and not self.synchronized
             and inputs.dtype in (tf.float32, tf.bfloat16, tf.float16)
         )
 
@@ -136,12 +143,9 @@ class BatchNormalization(layers.BatchNormalization):
         float16, for a fused layer; this layer then passes its input through."""
         return (
             self.folded
-            and self.fused
+            and self._plain()
             and not (training and self.trainable)
             and self.compute_dtype in LOW_PRECISION
-            and self.axis in (-1, 3)
-            and not self.renorm
-            and self.epsilon >= FUSED_MIN_EPSILON
         )
 
     def scale_and_shift(self) -> tuple:
