@@ -177,9 +177,10 @@ def _count_op(op: Any, count: FlopCount) -> None:
 
 
 def count_graph_flops(graph: Any) -> FlopCount:
-    """The FLOPs of a `tf.Graph` (a concrete function's `.graph`), nested functions included."""
+    """The FLOPs of a `tf.Graph` (a concrete function's `.graph`), nested functions included;
+    of the ops that run (`graph_ops(live_only=True)`)."""
     count = FlopCount()
-    for op in graph_ops(graph):
+    for op in graph_ops(graph, live_only=True):
         _count_op(op, count)
     return count
 
@@ -328,9 +329,9 @@ class DenseOp:
 def dense_ops(graph: Any) -> collections.Counter:
     """{DenseOp: how many times the graph runs it} for the convolutions and matrix products
     of `graph` (a concrete function's `.graph`, nested functions included) whose shapes are
-    all known."""
+    all known; of the ops that run (`graph_ops(live_only=True)`)."""
     found: collections.Counter = collections.Counter()
-    for op in graph_ops(graph):
+    for op in graph_ops(graph, live_only=True):
         if op.type not in _CONV_OPS and op.type not in _MATMUL_OPS:
             continue
         flops = _conv_flops(op) if op.type in _CONV_OPS else _matmul_flops(op)

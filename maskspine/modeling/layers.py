@@ -89,7 +89,7 @@ class InputSizeCheck(layers.Layer):
 FUSED_MIN_EPSILON = 1.001e-5
 
 #: Compute dtypes in which a BatchNormalization after a Conv2D is folded into it in inference.
-LOW_PRECISION = ("bfloat16", "float16")
+FOLDED_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @keras.saving.register_keras_serializable(package="maskspine")
@@ -100,7 +100,7 @@ class BatchNormalization(layers.BatchNormalization):
     and the gradient in one op (Keras' ops took about a tenth of a SpineNet-49 Mask R-CNN
     training step at 640 on a CPU, `benchmarks/op_profile.py`); in inference (and when
     frozen) the kernel takes bfloat16 / float16 inputs without casting them to float32 and
-    back (Grappler fuses it with a ReLU after it: `_FusedBatchNormEx`). The results are Keras':
+    back. The results are Keras':
     in training, inputs normalised by the batch mean and biased variance (per channel over
     N, H, W) and the moving statistics updated with the biased variance (the kernel returns
     the unbiased one; it is rescaled by (n - 1) / n here); otherwise normalised by the
@@ -108,15 +108,28 @@ class BatchNormalization(layers.BatchNormalization):
     renormalised, synchronised (SyncBN) and non-NHWC calls, epsilons below
     `FUSED_MIN_EPSILON`, and layers built with `fused=False` (the factory's choice for a
     model XLA compiles: XLA fuses Keras' ops itself) take Keras' path unchanged. Variables
-    and saved weights are Keras' own; the config adds `fused`."""
+    and saved weights are Keras' own; the config adds `fused`.
+
+    After a maskspine `Conv2D` (linked by `fold_batch_norm`, or found by a call on the
+    conv's output in a functional model, so a loaded `.keras` file links again), the
+    normalisation on the moving statistics is folded into that convolution (`folds`)."""
 
     def __init__(self, *, fused: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.fused = bool(fused)
-        self.folded = False  # set by `fold_batch_norm`: a Conv2D applies it (`folds`)
+        self.folded = False  # set by `fold_batch_norm`: folded into `self._conv` (`folds`)
+        self._conv = None  # a weak reference to that Conv2D
 
     def get_config(self) -> dict:
         return {**super().get_config(), "fused": self.fused}
+
+    def __call__(self, inputs, *args, **kwargs):
+        # A symbolic call on a Conv2D's output (building or loading a functional model).
+        history = getattr(inputs, "_keras_history", None)
+        producer = getattr(history, "operation", None)
+        if isinstance(producer, Conv2D) and producer.activation is keras.activations.linear:
+            fold_batch_norm(producer, self)
+        return super().__call__(inputs, *args, **kwargs)
 
     def _plain(self) -> bool:
         """Settings that the fused kernel and the fold both take: a fused layer on the last
@@ -138,14 +151,16 @@ class BatchNormalization(layers.BatchNormalization):
         )
 
     def folds(self, training) -> bool:
-        """Whether the Conv2D this layer follows (`fold_batch_norm`) applies it in a call with
-        this `training` flag: on the moving statistics (inference, or frozen), in bfloat16 or
-        float16, for a fused layer; this layer then passes its input through."""
+        """Whether a call with this `training` flag is folded into the Conv2D before it
+        (`fold_batch_norm`): on the moving statistics (inference, or frozen), for a fused
+        layer (not in a model built for XLA, which folds itself)."""
         return (
             self.folded
+            and self._conv is not None
+            and self._conv() is not None
             and self._plain()
             and not (training and self.trainable)
-            and self.compute_dtype in LOW_PRECISION
+            and self.compute_dtype in FOLDED_DTYPES
         )
 
     def scale_and_shift(self) -> tuple:
@@ -163,7 +178,10 @@ class BatchNormalization(layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         if mask is None and self.folds(training):
-            return inputs  # the Conv2D before it applied it
+            conv = self._conv()
+            conv_inputs = conv.inputs_of(inputs)
+            if conv_inputs is not None:  # `inputs` is that conv's output in this trace
+                return conv.convolve_folded(conv_inputs, self)
         if not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]
@@ -198,24 +216,46 @@ class BatchNormalization(layers.BatchNormalization):
 
 @keras.saving.register_keras_serializable(package="maskspine")
 class Conv2D(layers.Conv2D):
-    """Keras' Conv2D that can apply the BatchNormalization after it (`fold_batch_norm`).
-    When that normalisation runs on its moving statistics in bfloat16 or float16 (inference
-    in low precision), this layer convolves with its kernel scaled per output channel (in
-    float32, then cast) and adds the folded bias with `BiasAdd`, and the normalisation
-    passes its input through. TensorFlow fuses Conv2D + FusedBatchNorm (+ ReLU) into one
-    oneDNN kernel only in float32; Conv2D + BiasAdd (+ ReLU) it fuses in bfloat16 too, so
-    the normalisation's op and a separate ReLU pass disappear. Otherwise, and
-    in float32 and training, this is Keras' layer; its variables, config and saved weights
-    are Keras' own."""
+    """Keras' Conv2D into which the BatchNormalization after it can be folded
+    (`fold_batch_norm`). When that normalisation runs on its moving statistics (inference,
+    or frozen), it convolves this layer's input with the kernel scaled per output channel
+    (in float32, then cast to the compute dtype) and adds the folded bias with `BiasAdd`
+    (`convolve_folded`), instead of normalising this layer's output; in a traced function
+    the unused plain convolution is pruned. TensorFlow fuses Conv2D + FusedBatchNorm (+ ReLU)
+    into one oneDNN kernel only in float32, and that kernel is slow without AVX-512;
+    Conv2D + BiasAdd (+ ReLU) it fuses in every precision. This layer's own output stays
+    the plain convolution, so a model reading it (a feature extractor) gets what Keras'
+    layer gives. Its variables, config and saved weights are Keras' own."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._folded_norm = None  # a weak reference to the BatchNormalization it applies
+        self._folding = False  # a BatchNormalization folds into it: remember the calls
+        self._calls = []  # [(outputs, inputs)] of the calls in the current trace
+        self._calls_graph = None  # the graph of those tensors (None: eager)
 
     def call(self, inputs, training=None):
-        norm = self._folded_norm() if self._folded_norm is not None else None
-        if norm is None or not norm.folds(training):
-            return super().call(inputs)
+        outputs = super().call(inputs)
+        if self._folding:
+            graph = None if tf.executing_eagerly() else outputs.graph
+            if graph is None or graph is not self._calls_graph:
+                self._calls = []  # eager calls, or a new trace: the old tensors are dead
+                self._calls_graph = graph
+            self._calls.append((outputs, inputs))
+        return outputs
+
+    def inputs_of(self, outputs):
+        """The input of the call of this layer that returned `outputs` (the same tensor
+        object) in the current trace or eager step, or None; forgets that call."""
+        for i, (known, inputs) in enumerate(self._calls):
+            if known is outputs:
+                del self._calls[i]
+                return inputs
+        return None
+
+    def convolve_folded(self, inputs, norm: BatchNormalization):
+        """`norm(self(inputs))` on `norm`'s moving statistics as one convolution with the
+        kernel scaled per output channel and a `BiasAdd`: NHWC `inputs` -> NHWC outputs in
+        the compute dtype."""
         scale, shift = norm.scale_and_shift()
         kernel = tf.cast(tf.cast(self.kernel, tf.float32) * scale, self.compute_dtype)
         if self.use_bias:
@@ -225,22 +265,20 @@ class Conv2D(layers.Conv2D):
 
 
 def fold_batch_norm(conv: Conv2D, norm: BatchNormalization) -> None:
-    """Makes `conv` apply `norm` where `norm.folds` says so. `norm` must take `conv`'s output
-    and nothing else: `conv` has no activation, and its output goes to `norm` only."""
+    """Folds `norm` into `conv` where `norm.folds` says so: `norm` then convolves the input
+    of the `conv` call whose output it is given (`Conv2D.convolve_folded`). `conv` has no
+    activation."""
     if conv.activation is not keras.activations.linear:
         raise ValueError(f"{conv.name}: a Conv2D with an activation cannot fold {norm.name}")
-    conv._folded_norm = weakref.ref(norm)
+    conv._folding = True
+    norm._conv = weakref.ref(conv)
     norm.folded = True
 
 
-def batch_norm(x, *, momentum: float, epsilon: float, name: str, conv: Conv2D | None = None):
-    """BatchNormalization with Keras-style `momentum` (moving-average decay); `conv`: the
-    Conv2D whose output `x` is, which then applies it in low-precision inference
-    (`fold_batch_norm`)."""
-    norm = BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)
-    if conv is not None:
-        fold_batch_norm(conv, norm)
-    return norm(x)
+def batch_norm(x, *, momentum: float, epsilon: float, name: str):
+    """BatchNormalization with Keras-style `momentum` (moving-average decay); after a
+    maskspine Conv2D it is folded into that convolution in inference (`fold_batch_norm`)."""
+    return BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)(x)
 
 
 #: `padding` values of `conv_bn`: Keras 'same', or symmetric zeros then 'valid' for strides > 1.
@@ -285,7 +323,7 @@ def conv_bn(
         kernel_regularizer=kernel_regularizer,
         name=f"{name}_conv",
     )
-    x = batch_norm(conv(x), momentum=momentum, epsilon=epsilon, name=f"{name}_bn", conv=conv)
+    x = batch_norm(conv(x), momentum=momentum, epsilon=epsilon, name=f"{name}_bn")
     if activation:
         x = layers.Activation(activation, name=f"{name}_{activation}")(x)
     return x

@@ -496,5 +496,4 @@ class _SpineNetBuilder:
             momentum=self.common["momentum"],
             epsilon=self.common["epsilon"],
             name=f"{expand.name}_bn",
-            conv=conv,
         )

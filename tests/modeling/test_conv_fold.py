@@ -1,7 +1,7 @@
-"""A BatchNormalization folded into the Conv2D before it (`fold_batch_norm`) in low-precision
-inference: outputs against the convolution and normalisation written here in numpy, the ops
-the traced graph runs, where folding does not apply, and weights files shared with Keras'
-Conv2D."""
+"""A BatchNormalization folded into the Conv2D before it (`fold_batch_norm`) in inference:
+outputs against the convolution and normalisation written here in numpy, the ops the traced
+graph runs, where folding does not apply, a model reading the convolution's own output, a
+`.keras` file loaded again, and weights files shared with Keras' Conv2D."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ def _conv_bn(dtype: str, use_bias: bool = False, fold: bool = True, trainable: b
     inputs = keras.Input((8, 8, 4))
     conv = Conv2D(6, 3, padding="same", use_bias=use_bias, dtype=dtype, name="conv")
     norm = BatchNormalization(epsilon=EPSILON, dtype=dtype, name="bn")
-    if fold:
-        fold_batch_norm(conv, norm)
     outputs = keras.layers.ReLU(dtype=dtype)(norm(conv(inputs)))
     model = keras.Model(inputs, outputs)
+    assert norm.folded  # linked by the call on the conv's output
+    norm.folded = fold
     rng = np.random.default_rng(0)
     for weight in model.weights:
         low, high = (0.2, 2.0) if "variance" in weight.path or "gamma" in weight.path else (-1, 1)
@@ -82,10 +82,11 @@ def test_a_frozen_normalisation_folds_in_training_too():
     np.testing.assert_allclose(got, want, rtol=3e-2, atol=3e-2 * np.abs(want).max())
 
 
-def test_float32_and_training_keep_the_normalisation():
+def test_float32_inference_folds_and_training_keeps_the_normalisation():
     x = tf.random.stateless_normal([2, 8, 8, 4], seed=[0, 3])
     model, conv, norm = _conv_bn("float32")
-    assert any("FusedBatchNorm" in kind for kind in _op_types(model, x, training=False))
+    types = _op_types(model, x, training=False)
+    assert "BiasAdd" in types and not any("FusedBatchNorm" in kind for kind in types)
     want = _numpy_reference(np.asarray(x), conv, norm)
     np.testing.assert_allclose(model(x, training=False), want, rtol=1e-4, atol=1e-4)
     model, _, norm = _conv_bn("mixed_bfloat16")
@@ -95,10 +96,45 @@ def test_float32_and_training_keep_the_normalisation():
     assert not np.allclose(np.asarray(norm.moving_mean), before)  # batch statistics used
 
 
+def test_a_model_reading_the_convolution_gets_the_plain_convolution():
+    model, conv, norm = _conv_bn("float32")
+    both = keras.Model(model.input, [conv.output, model.output])
+    x = tf.random.stateless_normal([2, 8, 8, 4], seed=[0, 4])
+    want = _numpy_reference(np.asarray(x), conv, norm)
+    kernel = np.asarray(conv.kernel, np.float64)
+    padded = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    plain = sum(
+        padded[:, dy : dy + 8, dx : dx + 8] @ kernel[dy, dx] for dy in range(3) for dx in range(3)
+    )
+    for run in (both, tf.function(both)):
+        features, outputs = run(x, training=False)
+        np.testing.assert_allclose(features, plain, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(outputs, want, rtol=1e-4, atol=1e-4)
+    extractor = keras.Model(model.input, conv.output)
+    np.testing.assert_allclose(tf.function(extractor)(x), plain, rtol=1e-4, atol=1e-4)
+
+
+def test_a_loaded_keras_file_folds_again(tmp_path):
+    model, conv, norm = _conv_bn("float32", use_bias=True)
+    x = tf.random.stateless_normal([2, 8, 8, 4], seed=[0, 5])
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.get_layer("bn").folded
+    types = _op_types(loaded, x, training=False)
+    assert not any("FusedBatchNorm" in kind for kind in types)
+    np.testing.assert_array_equal(loaded(x, training=False), model(x, training=False))
+    want = _numpy_reference(np.asarray(x), conv, norm)
+    np.testing.assert_allclose(loaded(x, training=False), want, rtol=1e-4, atol=1e-4)
+
+
 def test_a_convolution_with_an_activation_cannot_fold():
     conv = Conv2D(4, 3, activation="relu", name="c")
     with pytest.raises(ValueError, match="c: a Conv2D with an activation cannot fold"):
         fold_batch_norm(conv, BatchNormalization(name="n"))
+    inputs = keras.Input((6, 6, 3))  # built on such a conv's output: not folded, no error
+    norm = BatchNormalization(name="n")
+    norm(conv(inputs))
+    assert not norm.folded
 
 
 def test_weights_files_are_keras_conv2d_ones(tmp_path):
