@@ -156,7 +156,11 @@ def machine_description() -> str:
     """CPU, cores, native bfloat16, GPUs and the TensorFlow version: what sets the figures."""
     import tensorflow as tf
 
-    from maskspine.precision import cpu_bfloat16_flags, gpu_compute_capabilities
+    from maskspine.precision import (
+        cpu_bfloat16_flags,
+        gpu_compute_capabilities,
+        onednn_isa_limit,
+    )
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -171,6 +175,8 @@ def machine_description() -> str:
     gpu_text = ", ".join(f"GPU (compute {major}.{minor})" for major, minor in gpus) or "no GPU"
     flags = cpu_bfloat16_flags()
     bf16 = f"native bfloat16 ({', '.join(flags)})" if flags else "no native bfloat16"
+    if onednn_isa_limit():
+        bf16 += f"; oneDNN held to {onednn_isa_limit()} (ONEDNN_MAX_CPU_ISA)"
     return (
         f"{cpu}, {os.cpu_count()} cores, {bf16}; {gpu_text}; TensorFlow {tf.__version__}, "
         f"Python {platform.python_version()}"

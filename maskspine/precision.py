@@ -10,7 +10,8 @@
 - `float16`: `mixed_float16`, for GPUs before compute capability 8.0; training scales the
   loss (`loss_scale` is the initial scale) in the optimizer.
 - `auto`: bfloat16 where the hardware runs it natively (a GPU of compute capability 8.0 or
-  more, else a CPU with AMX-BF16 / AVX512-BF16), float16 on older GPUs, float32 otherwise.
+  more, else a CPU with AMX-BF16 / AVX512-BF16 that `ONEDNN_MAX_CPU_ISA` does not hold
+  below them), float16 on older GPUs, float32 otherwise.
   Resolved on the machine that builds the model: an export records what it resolved to.
 
 The policy is the model's own (`build_mask_rcnn` sets it on the layers it creates and puts
@@ -24,7 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from maskspine.choices import PRECISIONS
@@ -51,9 +53,37 @@ def cpu_bfloat16_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...]:
     return ()
 
 
-def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+#: oneDNN's instruction sets (`ONEDNN_MAX_CPU_ISA`) below the first with bfloat16 dot
+#: products (AVX512_CORE_BF16): held to one of these, oneDNN emulates bfloat16.
+_ONEDNN_ISAS_WITHOUT_BFLOAT16 = (
+    "SSE41",
+    "AVX",
+    "AVX2",
+    "AVX2_VNNI",
+    "AVX2_VNNI_2",
+    "AVX512_CORE",
+    "AVX512_CORE_VNNI",
+)
+
+
+def onednn_isa_limit(environ: Mapping[str, str] | None = None) -> str | None:
+    """The instruction set oneDNN is held to (`ONEDNN_MAX_CPU_ISA`, or its former name
+    `DNNL_MAX_CPU_ISA`), upper-cased; None where neither is set."""
+    environ = os.environ if environ is None else environ
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        if environ.get(name, "").strip():
+            return environ[name].strip().upper()
+    return None
+
+
+def cpu_has_native_bfloat16(
+    cpuinfo: str = "/proc/cpuinfo", environ: Mapping[str, str] | None = None
+) -> bool:
     """Whether this CPU has AMX-BF16 or AVX512-BF16 (read from /proc/cpuinfo; False where
-    that file does not exist)."""
+    that file does not exist) and oneDNN may use it: False where `ONEDNN_MAX_CPU_ISA` holds
+    oneDNN below AVX512_CORE_BF16 (e.g. `AVX2`), which makes its bfloat16 emulated."""
+    if onednn_isa_limit(environ) in _ONEDNN_ISAS_WITHOUT_BFLOAT16:
+        return False
     return bool(cpu_bfloat16_flags(cpuinfo))
 
 

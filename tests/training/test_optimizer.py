@@ -307,6 +307,21 @@ def test_auto_precision_follows_the_hardware(tmp_path, monkeypatch):
     assert precision.cpu_bfloat16_flags(str(amx)) == ("amx_bf16",)
     assert precision.cpu_bfloat16_flags(str(zen4)) == ("avx512_bf16",)
     assert precision.cpu_bfloat16_flags(str(plain)) == ()
+    # oneDNN held below its bfloat16 instruction set emulates bfloat16: not native
+    for isa, native in [
+        ("AVX2", False),
+        ("avx512_core", False),
+        ("AVX512_CORE_BF16", True),
+        ("AVX512_CORE_AMX", True),
+        ("ALL", True),
+        ("", True),
+    ]:
+        env = {"ONEDNN_MAX_CPU_ISA": isa}
+        assert precision.cpu_has_native_bfloat16(str(zen4), environ=env) is native, isa
+    assert not precision.cpu_has_native_bfloat16(str(zen4), environ={"DNNL_MAX_CPU_ISA": "AVX2"})
+    assert not precision.cpu_has_native_bfloat16(str(plain), environ={})
+    assert precision.onednn_isa_limit({"ONEDNN_MAX_CPU_ISA": " avx2 "}) == "AVX2"
+    assert precision.onednn_isa_limit({}) is None
     monkeypatch.setattr(precision, "gpu_compute_capabilities", lambda: [])
     monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: True)
     assert precision.resolve_precision("auto") == "bfloat16"
