@@ -175,8 +175,9 @@ def machine_description() -> str:
     gpu_text = ", ".join(f"GPU (compute {major}.{minor})" for major, minor in gpus) or "no GPU"
     flags = cpu_bfloat16_flags()
     bf16 = f"native bfloat16 ({', '.join(flags)})" if flags else "no native bfloat16"
-    if onednn_isa_limit():
-        bf16 += f"; oneDNN held to {onednn_isa_limit()} (ONEDNN_MAX_CPU_ISA)"
+    isa_limit = onednn_isa_limit()
+    if isa_limit:
+        bf16 += f"; oneDNN held to {isa_limit}"
     return (
         f"{cpu}, {os.cpu_count()} cores, {bf16}; {gpu_text}; TensorFlow {tf.__version__}, "
         f"Python {platform.python_version()}"

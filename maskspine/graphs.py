@@ -1,6 +1,7 @@
 """Walking a traced TensorFlow graph: every op, or only the ops that run (`live_only`), the
 ops of the functions it calls (nested `tf.function`s, while-loop bodies and conditions,
-conditional branches) included, each function once. Used to count FLOPs (`maskspine.flops`) and to check which ops a device runs
+conditional branches) included, each function once. Used to count FLOPs
+(`maskspine.flops`) and to check which ops a device runs
 (tests/modeling/test_gpu_readiness.py)."""
 
 from __future__ import annotations
