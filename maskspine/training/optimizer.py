@@ -7,6 +7,8 @@ Warm-up: the rate grows linearly from `lr * warmup_ratio` at step 0 to `lr` at
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import keras
 import tensorflow as tf
 
@@ -100,6 +102,119 @@ def learning_rate_schedule(
     )
 
 
+class FusedUpdates:
+    """Mixin for Keras' SGD / Adam / AdamW on TensorFlow: the per-step scalars computed once
+    per step and each variable updated by TensorFlow's fused training op.
+
+    Keras evaluates the learning-rate schedule once per decayed variable in its decoupled
+    weight decay (AdamW; about 140 copies of the warm-up + cosine graph for SpineNet-49) and
+    updates each variable with about ten elementwise ops (Adam: the moments, the bias
+    correction, the step). Here the schedule and Adam's bias-correction powers are computed
+    once per step, and a variable's update is one `ResourceApplyAdam` /
+    `ResourceApplyKerasMomentum`, which compute Keras' update formulas (Adam's
+    `var -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`, SGD's
+    `m = momentum * m - lr * g; var += m`): the traced training step has about a third fewer
+    ops, traces and optimizes faster, and its update reads each tensor once.
+
+    Same optimizer variables and checkpoints as Keras' classes; AMSGrad and SGD without
+    momentum keep Keras' own update. The fused ops are in XLA's kernels, so the compiled
+    (TPU / GPU) step uses them too.
+    """
+
+    def _apply_weight_decay(self, variables):
+        if self.weight_decay is None:
+            return
+        # One schedule evaluation for all variables (Keras: one per variable).
+        learning_rate = self.learning_rate
+
+        def decay(variable, learning_rate):
+            if self._use_weight_decay(variable):
+                rate = tf.cast(learning_rate, variable.dtype)
+                variable.assign_sub(variable * tf.cast(self.weight_decay, variable.dtype) * rate)
+
+        def distributed(distribution, variables, learning_rate):
+            for variable in variables:
+                if isinstance(variable, keras.Variable):
+                    variable = variable.value
+                distribution.extended.update(variable, decay, args=(learning_rate,), group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            distributed, self._distribution_strategy, variables, learning_rate
+        )
+
+    def _fuses_adam(self) -> bool:
+        return isinstance(self, keras.optimizers.Adam) and not self.amsgrad
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if self._fuses_adam():
+            step = tf.cast(self.iterations + 1, tf.float32)
+            learning_rate = _StepScalars(
+                tf.cast(learning_rate, tf.float32),
+                tf.pow(tf.constant(self.beta_1, tf.float32), step),
+                tf.pow(tf.constant(self.beta_2, tf.float32), step),
+            )
+        super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self._fuses_adam():
+            if not isinstance(learning_rate, _StepScalars):
+                raise TypeError(
+                    f"{type(self).__name__}.update_step expects the step's scalars from "
+                    f"_backend_update_step, got {learning_rate!r}"
+                )
+            self._fused_adam(gradient, variable, learning_rate)
+        elif isinstance(self, keras.optimizers.SGD) and self.momentum != 0:
+            dtype = variable.dtype
+            tf.raw_ops.ResourceApplyKerasMomentum(
+                var=_resource(variable),
+                accum=_resource(self.momentums[self._get_variable_index(variable)]),
+                lr=tf.cast(learning_rate, dtype),
+                grad=_dense(gradient, dtype),
+                momentum=tf.constant(self.momentum, dtype),
+                use_nesterov=self.nesterov,
+            )
+        else:
+            super().update_step(gradient, variable, learning_rate)
+
+    def _fused_adam(self, gradient, variable, scalars: _StepScalars) -> None:
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+        tf.raw_ops.ResourceApplyAdam(
+            var=_resource(variable),
+            m=_resource(self._momentums[index]),
+            v=_resource(self._velocities[index]),
+            beta1_power=tf.cast(scalars.beta_1_power, dtype),
+            beta2_power=tf.cast(scalars.beta_2_power, dtype),
+            lr=tf.cast(scalars.learning_rate, dtype),
+            beta1=tf.constant(self.beta_1, dtype),
+            beta2=tf.constant(self.beta_2, dtype),
+            epsilon=tf.constant(self.epsilon, dtype),
+            grad=_dense(gradient, dtype),
+        )
+
+
+class _StepScalars(NamedTuple):
+    """Adam's per-step float32 scalars. A named tuple: a distribution strategy's merge and
+    update calls rebuild it as itself (a tuple subclass of another kind they would not)."""
+
+    learning_rate: tf.Tensor
+    beta_1_power: tf.Tensor
+    beta_2_power: tf.Tensor
+
+
+def _resource(variable) -> tf.Tensor:
+    """The resource handle of a Keras or TensorFlow variable (in a distribution strategy's
+    update: the variable of the device being updated)."""
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    return variable.handle
+
+
+def _dense(gradient, dtype: tf.DType) -> tf.Tensor:
+    """A gradient as a dense tensor of `dtype` (IndexedSlices from gathers included)."""
+    return tf.cast(tf.convert_to_tensor(gradient), dtype)
+
+
 class CoupledWeightDecay:
     """Mixin: L2 weight decay coupled to the gradient, `grad += l2_weight_decay * w`, as the
     reference's MindSpore SGD, Model Garden and the tensorflow/tpu code apply it (the L2
@@ -128,13 +243,21 @@ class CoupledWeightDecay:
 
 
 @keras.saving.register_keras_serializable(package="maskspine")
-class SGDWithL2(CoupledWeightDecay, keras.optimizers.SGD):
-    """Keras SGD (with momentum) plus coupled L2 weight decay (`CoupledWeightDecay`)."""
+class SGDWithL2(CoupledWeightDecay, FusedUpdates, keras.optimizers.SGD):
+    """Keras SGD (with momentum) plus coupled L2 weight decay (`CoupledWeightDecay`), its
+    update fused (`FusedUpdates`)."""
 
 
 @keras.saving.register_keras_serializable(package="maskspine")
-class AdamWithL2(CoupledWeightDecay, keras.optimizers.Adam):
-    """Keras Adam plus coupled L2 weight decay (`CoupledWeightDecay`)."""
+class AdamWithL2(CoupledWeightDecay, FusedUpdates, keras.optimizers.Adam):
+    """Keras Adam plus coupled L2 weight decay (`CoupledWeightDecay`), its update fused
+    (`FusedUpdates`)."""
+
+
+@keras.saving.register_keras_serializable(package="maskspine")
+class AdamW(FusedUpdates, keras.optimizers.AdamW):
+    """Keras AdamW (decoupled weight decay), its schedule evaluated once per step and its
+    update fused (`FusedUpdates`)."""
 
 
 def build_optimizer(
@@ -162,7 +285,7 @@ def build_optimizer(
     elif config.opt_type == "adam":
         optimizer = AdamWithL2(l2_weight_decay=config.weight_decay, **common)
     else:
-        optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **common)
+        optimizer = AdamW(weight_decay=config.weight_decay, **common)
     if config.weight_decay:
         optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
     if precision == "float16":

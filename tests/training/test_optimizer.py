@@ -12,6 +12,8 @@ from model_fixtures import REPO
 
 from maskspine.config import load_config
 from maskspine.training.optimizer import (
+    CoupledWeightDecay,
+    FusedUpdates,
     WarmupMultiStep,
     build_optimizer,
     learning_rate_schedule,
@@ -373,3 +375,140 @@ def test_a_float16_model_takes_a_loss_scaled_step_on_cpu(tiny_config):
         break
     else:
         pytest.fail("eight float16 steps in a row were skipped as overflowing")
+
+
+class KerasSGDWithL2(CoupledWeightDecay, keras.optimizers.SGD):
+    """Keras' own SGD update under the same coupled decay: the reference for `SGDWithL2`."""
+
+
+class KerasAdamWithL2(CoupledWeightDecay, keras.optimizers.Adam):
+    """Keras' own Adam update under the same coupled decay: the reference for `AdamWithL2`."""
+
+
+_KERAS_REFERENCE = {
+    "sgd": lambda o: KerasSGDWithL2(
+        momentum=o.momentum, nesterov=o.nesterov, l2_weight_decay=o.l2_weight_decay, **_common(o)
+    ),
+    "adam": lambda o: KerasAdamWithL2(l2_weight_decay=o.l2_weight_decay, **_common(o)),
+    "adamw": lambda o: keras.optimizers.AdamW(weight_decay=o.weight_decay, **_common(o)),
+}
+
+
+#: SGD: the same float32 arithmetic. Adam: TensorFlow's kernel forms 1 - beta_2 in float32
+#: (1 - 0.999f = 0.00099998713) where Keras takes it from Python's double (0.001), a 1.3e-5
+#: relative difference in the second moment's update; each step moves by about lr = 0.05,
+#: so a wrong formula is off by orders of magnitude more than these tolerances.
+_TOLERANCE = {
+    "sgd": dict(rtol=2e-6, atol=2e-7),
+    "adam": dict(rtol=1e-4, atol=1e-5),
+    "adamw": dict(rtol=1e-4, atol=1e-5),
+}
+
+
+def _common(optimizer) -> dict:
+    return dict(
+        learning_rate=optimizer._learning_rate,
+        global_clipnorm=optimizer.global_clipnorm,
+        gradient_accumulation_steps=optimizer.gradient_accumulation_steps,
+    )
+
+
+def _train(optimizer, steps: int, strategy=None):
+    """`steps` optimizer steps in a tf.function on a conv kernel, a bias and a BatchNorm
+    scale (fixed random starts and per-step gradients, the same on every replica); returns
+    the variables' values."""
+    import tensorflow as tf
+
+    strategy = strategy or tf.distribute.get_strategy()
+    rng = np.random.default_rng(0)
+    shapes = {"kernel": (3, 3, 4, 8), "bias": (8,), "gamma": (8,)}
+    starts = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    grads = [
+        {k: rng.normal(scale=2.0, size=s).astype(np.float32) for k, s in shapes.items()}
+        for _ in range(steps)
+    ]
+    with strategy.scope():
+        variables = [keras.Variable(starts[k], name=k) for k in shapes]
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma"])
+        optimizer.build(variables)
+
+    def apply(gradients):
+        # each replica's own copy (on its device), as a replica's computed gradients are
+        optimizer.apply_gradients(zip([tf.identity(g) for g in gradients], variables))
+
+    @tf.function
+    def step(gradients):
+        strategy.run(apply, args=(gradients,))
+
+    for values in grads:
+        step([tf.constant(values[k]) for k in shapes])
+    return {k: np.asarray(v.numpy()) for k, v in zip(shapes, variables)}
+
+
+def _fused_and_keras(opt_type: str, overrides: list[str], strategy=None):
+    """`build_optimizer`'s optimizer of `opt_type` and Keras' own class set up alike."""
+    import tensorflow as tf
+
+    config = load_config(
+        CONFIG,
+        [f"opt_type={opt_type}", "lr=0.05", "lr_type=cosine", "warmup_step=3", "epoch_size=1"]
+        + overrides,
+    )
+    with (strategy or tf.distribute.get_strategy()).scope():
+        fused = build_optimizer(config, steps_per_epoch=12)
+        reference = _KERAS_REFERENCE[opt_type](fused)
+    assert isinstance(fused, FusedUpdates) and not isinstance(reference, FusedUpdates)
+    return fused, reference
+
+
+@pytest.mark.parametrize("opt_type", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_fused_updates_equal_keras_own_optimizers(opt_type, accumulate):
+    # Warm-up into the cosine decay, global-norm clipping that bites (gradients of norm ~20
+    # against 5), weight decay on the kernel only: the fused ops against Keras' classes.
+    fused, reference = _fused_and_keras(
+        opt_type, ["grad_clip=5.0", "weight_decay=0.01", f"accumulate_step={accumulate}"]
+    )
+    got, expected, start = _train(fused, 12), _train(reference, 12), _train(reference, 0)
+    for name in expected:
+        assert np.abs(expected[name] - start[name]).max() > 0.01  # the variables moved
+        np.testing.assert_allclose(got[name], expected[name], **_TOLERANCE[opt_type])
+    assert int(fused.iterations.numpy()) == int(reference.iterations.numpy()) == 12 // accumulate
+
+
+@pytest.mark.parametrize("opt_type", ["sgd", "adamw"])
+def test_fused_updates_under_two_replicas_equal_keras_own(opt_type):
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    fused, reference = _fused_and_keras(opt_type, ["weight_decay=0.01"], strategy)
+    got, expected = _train(fused, 5, strategy), _train(reference, 5, strategy)
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], **_TOLERANCE[opt_type])
+    # the replicas' gradients are summed: SGD moves twice as far as on one device
+    one = _train(_fused_and_keras(opt_type, ["weight_decay=0.01"])[0], 1)
+    two = _train(_fused_and_keras(opt_type, ["weight_decay=0.01"], strategy)[0], 1, strategy)
+    start = _train(_fused_and_keras(opt_type, [])[0], 0)
+    if opt_type == "sgd":
+        np.testing.assert_allclose(
+            two["bias"] - start["bias"], 2 * (one["bias"] - start["bias"]), rtol=1e-5
+        )
+
+
+def test_the_schedule_is_traced_once_and_each_update_is_one_fused_op():
+    import tensorflow as tf
+
+    config = load_config(CONFIG, ["opt_type=adamw", "lr_type=cosine", "weight_decay=0.01"])
+    optimizer = build_optimizer(config, steps_per_epoch=10)
+    variables = [keras.Variable(np.ones((3, 3), np.float32), name=f"kernel{i}") for i in range(6)]
+    optimizer.build(variables)
+
+    @tf.function
+    def step():
+        optimizer.apply_gradients([(tf.ones((3, 3)), v) for v in variables])
+
+    ops = [op.type for op in step.get_concrete_function().graph.get_operations()]
+    # The warm-up's cond once for the decay and once for the update (Keras' AdamW: once per
+    # decayed variable plus once, 7 here)
+    assert sum(t in ("If", "StatelessIf") for t in ops) == 2
+    assert ops.count("ResourceApplyAdam") == len(variables)
