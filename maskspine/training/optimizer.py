@@ -148,10 +148,15 @@ class FusedUpdates:
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if self._fuses_adam():
             step = tf.cast(self.iterations + 1, tf.float32)
+            beta_1 = tf.constant(self.beta_1, tf.float32)
+            beta_2 = tf.constant(self.beta_2, tf.float32)
             learning_rate = _StepScalars(
                 tf.cast(learning_rate, tf.float32),
-                tf.pow(tf.constant(self.beta_1, tf.float32), step),
-                tf.pow(tf.constant(self.beta_2, tf.float32), step),
+                tf.pow(beta_1, step),
+                tf.pow(beta_2, step),
+                beta_1,
+                beta_2,
+                tf.constant(self.epsilon, tf.float32),
             )
         super()._backend_update_step(grads, trainable_variables, learning_rate)
 
@@ -186,20 +191,24 @@ class FusedUpdates:
             beta1_power=tf.cast(scalars.beta_1_power, dtype),
             beta2_power=tf.cast(scalars.beta_2_power, dtype),
             lr=tf.cast(scalars.learning_rate, dtype),
-            beta1=tf.constant(self.beta_1, dtype),
-            beta2=tf.constant(self.beta_2, dtype),
-            epsilon=tf.constant(self.epsilon, dtype),
+            beta1=tf.cast(scalars.beta_1, dtype),
+            beta2=tf.cast(scalars.beta_2, dtype),
+            epsilon=tf.cast(scalars.epsilon, dtype),
             grad=_dense(gradient, dtype),
         )
 
 
 class _StepScalars(NamedTuple):
-    """Adam's per-step float32 scalars. A named tuple: a distribution strategy's merge and
-    update calls rebuild it as itself (a tuple subclass of another kind they would not)."""
+    """Adam's float32 scalars of one step, made once for all variables. A named tuple: a
+    distribution strategy's merge and update calls rebuild it as itself (a tuple subclass of
+    another kind they would not)."""
 
     learning_rate: tf.Tensor
     beta_1_power: tf.Tensor
     beta_2_power: tf.Tensor
+    beta_1: tf.Tensor
+    beta_2: tf.Tensor
+    epsilon: tf.Tensor
 
 
 def _resource(variable) -> tf.Tensor:
