@@ -107,14 +107,15 @@ class FusedUpdates:
     per step and each variable updated by TensorFlow's fused training op.
 
     Keras evaluates the learning-rate schedule once per decayed variable in its decoupled
-    weight decay (AdamW; about 140 copies of the warm-up + cosine graph for SpineNet-49) and
+    weight decay (AdamW; 142 copies of the warm-up + cosine graph in the shapes demo) and
     updates each variable with about ten elementwise ops (Adam: the moments, the bias
-    correction, the step). Here the schedule and Adam's bias-correction powers are computed
-    once per step, and a variable's update is one `ResourceApplyAdam` /
-    `ResourceApplyKerasMomentum`, which compute Keras' update formulas (Adam's
+    correction, the step). Here the schedule and Adam's scalars are computed once per step,
+    and a variable's update is one `ResourceApplyAdam` / `ResourceApplyKerasMomentum`, which
+    compute Keras' update formulas (Adam's
     `var -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`, SGD's
-    `m = momentum * m - lr * g; var += m`): the traced training step has about a third fewer
-    ops, traces and optimizes faster, and its update reads each tensor once.
+    `m = momentum * m - lr * g; var += m`). The shapes demo's traced training step has 17,794
+    ops instead of 32,470, traces and optimizes in half the time, and its update reads each
+    tensor once.
 
     Same optimizer variables and checkpoints as Keras' classes; AMSGrad and SGD without
     momentum keep Keras' own update. The fused ops are in XLA's kernels, so the compiled
