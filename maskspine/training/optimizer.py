@@ -135,9 +135,9 @@ class FusedUpdates:
 
         def distributed(distribution, variables, learning_rate):
             for variable in variables:
-                if isinstance(variable, keras.Variable):
-                    variable = variable.value
-                distribution.extended.update(variable, decay, args=(learning_rate,), group=False)
+                distribution.extended.update(
+                    _tf_variable(variable), decay, args=(learning_rate,), group=False
+                )
 
         tf.__internal__.distribute.interim.maybe_merge_call(
             distributed, self._distribution_strategy, variables, learning_rate
@@ -212,12 +212,15 @@ class _StepScalars(NamedTuple):
     epsilon: tf.Tensor
 
 
+def _tf_variable(variable) -> tf.Variable:
+    """The TensorFlow variable of a Keras variable (a TensorFlow variable as it is)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
 def _resource(variable) -> tf.Tensor:
     """The resource handle of a Keras or TensorFlow variable (in a distribution strategy's
     update: the variable of the device being updated)."""
-    if isinstance(variable, keras.Variable):
-        variable = variable.value
-    return variable.handle
+    return _tf_variable(variable).handle
 
 
 def _dense(gradient, dtype: tf.DType) -> tf.Tensor:
