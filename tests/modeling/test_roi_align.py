@@ -401,3 +401,36 @@ def test_gather_method_compiles_with_xla_and_equals_the_uncompiled_call():
 def test_unknown_method_is_a_clear_error():
     with pytest.raises(ValueError, match="gather"):
         roi_align(tf.zeros([1, 4, 4, 1]), tf.zeros([1, 1, 4]), stride=8, output_size=2, method="x")
+
+
+@pytest.mark.parametrize("sampling_ratio", [1, 2, 3])
+def test_bin_means_gradient_is_autodiffs_of_pool_and_mask(sampling_ratio):
+    # The hand-written gradient against TensorFlow's autodiff of the same expression
+    # (an average pool of the masked samples), inside a tf.function whose box count is
+    # unknown at trace time, as in the model.
+    from maskspine.modeling.roi_align import _masked_bin_means
+
+    rng = np.random.default_rng(sampling_ratio)
+    side = 5 * sampling_ratio
+    crops = tf.constant(rng.normal(size=(6, side, side, 3)).astype(np.float32))
+    mask = tf.constant((rng.uniform(size=(6, side, side, 1)) > 0.3).astype(np.float32))
+    upstream = tf.constant(rng.normal(size=(6, 5, 5, 3)).astype(np.float32))
+    samples = tf.TensorSpec([None, side, side, None], tf.float32)
+    bins = tf.TensorSpec([None, 5, 5, None], tf.float32)
+
+    @tf.function(input_signature=[samples, tf.TensorSpec([None, side, side, 1]), bins])
+    def both(crops, mask, upstream):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(crops)
+            ours = _masked_bin_means(crops, mask, sampling_ratio)
+            autodiff = tf.nn.avg_pool2d(crops * mask, sampling_ratio, sampling_ratio, "VALID")
+        grads = [tape.gradient(out, crops, output_gradients=upstream) for out in (ours, autodiff)]
+        return ours, autodiff, grads[0], grads[1]
+
+    ours, autodiff, grad, expected = both(crops, mask, upstream)
+    np.testing.assert_array_equal(ours.numpy(), autodiff.numpy())
+    np.testing.assert_allclose(grad.numpy(), expected.numpy(), rtol=1e-6, atol=0)
+    outside = np.broadcast_to(mask.numpy(), grad.shape) == 0
+    assert (
+        outside.any() and np.all(grad.numpy()[outside] == 0) and np.all(grad.numpy()[~outside] != 0)
+    )
