@@ -22,9 +22,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,10 @@ TRAIN_SPLIT = "train"
 VALIDATION_SPLIT = "validation"
 
 _FORMAT_VERSION = 1  # bump when the drawing changes, so old caches are not reused
+
+#: Images per task when a split is drawn by several processes; below two chunks' worth of
+#: images in all, one process draws everything (starting workers costs about 0.3 s).
+_CHUNK = 50
 
 
 @dataclass(frozen=True)
@@ -122,12 +128,19 @@ def ensure_shapes(
         target,
     )
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    workers = min(_available_cores(), (spec.num_train + spec.num_validation) // _CHUNK)
+    pool = _worker_pool(workers) if workers > 1 else None
     try:
         for split_index, (split, count) in enumerate(
             ((TRAIN_SPLIT, spec.num_train), (VALIDATION_SPLIT, spec.num_validation))
         ):
             write_shapes_split(
-                staging / split, count, seed=seed, split_index=split_index, spec=spec
+                staging / split,
+                count,
+                seed=seed,
+                split_index=split_index,
+                spec=spec,
+                executor=pool,
             )
         try:
             staging.rename(target)
@@ -136,6 +149,8 @@ def ensure_shapes(
                 raise
             # Another process finished first; its copy is identical.
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -148,8 +163,15 @@ def write_shapes_split(
     seed: int = 0,
     split_index: int = 0,
     spec: ShapesSpec | None = None,
+    executor: Executor | None = None,
 ) -> Path:
     """Writes one split: `folder/data/NNNNNN.png` and `folder/labels.json`.
+
+    Args:
+        executor: draws the images in chunks of `_CHUNK` when given (a process pool:
+            drawing and PNG encoding hold the GIL); the files are the same either way,
+            since every image has its own generator and the annotation ids are given in
+            image order afterwards.
 
     Returns:
         The labels.json path.
@@ -157,28 +179,23 @@ def write_shapes_split(
     spec = spec or ShapesSpec()
     folder = Path(folder)
     (folder / "data").mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
-    for index in range(num_images):
-        rng = np.random.default_rng([seed, split_index, index])
-        pixels, instances = render_shapes_image(rng, spec)
-        image_id = index + 1
-        file_name = f"{image_id:06d}.png"
-        Image.fromarray(pixels).save(folder / "data" / file_name, compress_level=1)
-        height, width = pixels.shape[:2]
-        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
-        for class_index, mask in instances:
-            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": class_index + 1,
-                    "segmentation": {"size": [height, width], "counts": rle["counts"].decode()},
-                    "area": float(mask_utils.area(rle)),
-                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                    "iscrowd": 0,
-                }
-            )
+    chunks = [(start, min(start + _CHUNK, num_images)) for start in range(0, num_images, _CHUNK)]
+    if executor is None:
+        parts = [_draw_images(folder, first, end, seed, split_index, spec) for first, end in chunks]
+    else:
+        futures = [
+            executor.submit(_draw_images, folder, first, end, seed, split_index, spec)
+            for first, end in chunks
+        ]
+        parts = [future.result() for future in futures]
+    images = [image for part_images, _ in parts for image in part_images]
+    annotations = [
+        {"id": number, **annotation}
+        for number, annotation in enumerate(
+            (annotation for _, part_annotations in parts for annotation in part_annotations),
+            start=1,
+        )
+    ]
     labels = {
         "info": {
             "description": "maskspine synthetic shapes",
@@ -197,6 +214,49 @@ def write_shapes_split(
     path = folder / "labels.json"
     path.write_text(json.dumps(labels))
     return path
+
+
+def _draw_images(
+    folder: Path, first: int, end: int, seed: int, split_index: int, spec: ShapesSpec
+) -> tuple[list[dict], list[dict]]:
+    """Draws and writes images `first` .. `end - 1` of a split; returns their COCO image
+    entries and annotations (without ids), in order."""
+    images, annotations = [], []
+    for index in range(first, end):
+        rng = np.random.default_rng([seed, split_index, index])
+        pixels, instances = render_shapes_image(rng, spec)
+        image_id = index + 1
+        file_name = f"{image_id:06d}.png"
+        Image.fromarray(pixels).save(folder / "data" / file_name, compress_level=1)
+        height, width = pixels.shape[:2]
+        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+        for class_index, mask in instances:
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            annotations.append(
+                {
+                    "image_id": image_id,
+                    "category_id": class_index + 1,
+                    "segmentation": {"size": [height, width], "counts": rle["counts"].decode()},
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "iscrowd": 0,
+                }
+            )
+    return images, annotations
+
+
+def _available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Processes for drawing, started fresh ("spawn"): the caller may hold TensorFlow's
+    threads, which a forked child would inherit in whatever state they were."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 # --------------------------------------------------------------------------- drawing

@@ -87,3 +87,25 @@ def test_ensure_shapes_writes_both_splits_once(tmp_path):
     assert (root / "train" / "labels.json").stat().st_mtime_ns == stamp
     # The validation split is not a copy of the train split.
     assert _files(root / "train")["000001.png"] != _files(root / "validation")["000001.png"]
+
+
+def test_drawing_in_worker_processes_writes_the_same_files(tmp_path):
+    # 120 images: chunks of 50, 50 and 20, drawn by two spawned processes, against one
+    # process drawing them in order.
+    from maskspine.data.shapes import _worker_pool
+
+    spec = ShapesSpec(
+        num_train=120, num_validation=2, min_image_size=48, max_image_size=64, min_shape_size=8
+    )
+    write_shapes_split(tmp_path / "serial", 120, seed=9, split_index=0, spec=spec)
+    pool = _worker_pool(2)
+    try:
+        write_shapes_split(tmp_path / "pool", 120, seed=9, split_index=0, spec=spec, executor=pool)
+    finally:
+        pool.shutdown()
+    serial = (tmp_path / "serial/labels.json").read_bytes()
+    assert (tmp_path / "pool/labels.json").read_bytes() == serial
+    assert _files(tmp_path / "pool") == _files(tmp_path / "serial")
+    annotations = json.loads(serial)["annotations"]
+    assert [a["id"] for a in annotations] == list(range(1, len(annotations) + 1))
+    assert len({a["image_id"] for a in annotations}) == 120
