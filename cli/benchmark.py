@@ -91,6 +91,11 @@ def benchmark_command(
         typer.echo(f"loaded {weights}")
     elif config is not None:
         loaded = load_config(config, overrides)
+        if Part.train.value in parts:
+            from maskspine.threads import set_threads
+
+            # before anything runs on TensorFlow (run_benchmark would be too late)
+            set_threads(loaded.intra_op_threads, loaded.inter_op_threads)
         if loaded.classes_from_data:
             from maskspine.data import load_categories
             from maskspine.training.trainer import resolve_classes
@@ -104,11 +109,17 @@ def benchmark_command(
 
     kind = device_kind()
     jit = resolve_jit_compile(loaded.jit_compile, kind)
+    threads_note = ""
+    if Part.train.value in parts and (loaded.intra_op_threads or loaded.inter_op_threads):
+        threads_note = (
+            f", threads {loaded.intra_op_threads or 'default'} per op, "
+            f"{loaded.inter_op_threads or 'default'} ops at once"
+        )
     typer.echo(
         f"config: SpineNet-{loaded.backbone.arch}, {loaded.img_height}x{loaded.img_width}, "
         f"{loaded.num_classes - 1} classes (and background), precision {loaded.precision} "
         f"({resolve_precision(loaded.precision)}), XLA {'on' if jit else 'off'} "
-        f"(jit_compile {loaded.jit_compile} on a {kind.upper()})"
+        f"(jit_compile {loaded.jit_compile} on a {kind.upper()})" + threads_note
     )
     rows = benchmark.run_benchmark(
         loaded,

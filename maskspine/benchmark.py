@@ -33,6 +33,7 @@ import numpy as np
 
 from maskspine.flops import FlopCount, count_flops, host_peaks, share_of_peak
 from maskspine.precision import resolve_precision
+from maskspine.threads import set_threads
 
 if TYPE_CHECKING:
     import keras
@@ -391,7 +392,8 @@ def run_benchmark(
 
     Args:
         config: the config (classes resolved); its `precision` and `jit_compile` apply to
-            every part.
+            every part, and with "train" in `what` its `intra_op_threads` and
+            `inter_op_threads` too (`maskspine.threads`: they hold for the process).
         model: the model to time at inference (a loaded checkpoint); default a fresh one.
         batch_size: images per call (default `test_batch_size` for inference, `batch_size`
             for training and data).
@@ -404,6 +406,10 @@ def run_benchmark(
     unknown = sorted(set(what) - set(WHAT))
     if unknown:
         raise ValueError(f"unknown part {unknown}: choose from {', '.join(WHAT)}")
+    if "train" in what:
+        # the pools training runs with (before anything runs on TensorFlow; they hold for
+        # the process, so inference timed with them runs on them too)
+        set_threads(config.intra_op_threads, config.inter_op_threads)
     rows: list[Measurement] = []
     if "data" in what:
         rows += benchmark_data(config, data_source, batch_size, runs=runs, data_dir=data_dir)

@@ -207,9 +207,12 @@ MATMUL_SIZES = (2048, 4096)
 
 
 def _cpu_key(precision: str) -> str:
-    """The cache key of a host's peaks: its CPU model, flags and cores, TensorFlow's version,
-    the precision and the calibration's shapes."""
+    """The cache key of a host's peaks: its CPU model, flags and cores, the instruction set
+    oneDNN is held to (`ONEDNN_MAX_CPU_ISA`), TensorFlow's version, the precision and the
+    calibration's shapes."""
     import tensorflow as tf
+
+    from maskspine.precision import onednn_isa_limit
 
     try:
         info = Path("/proc/cpuinfo").read_text(errors="replace")
@@ -219,7 +222,9 @@ def _cpu_key(precision: str) -> str:
     flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
     calibration = f"{CONV_SHAPES}{MATMUL_SIZES}"
     digest = hashlib.sha1(f"{model}|{flags}|{os.cpu_count()}|{calibration}".encode()).hexdigest()
-    return f"{digest[:12]}-tf{tf.__version__}-{precision}"
+    isa = onednn_isa_limit()
+    held = f"-isa{isa}" if isa else ""
+    return f"{digest[:12]}{held}-tf{tf.__version__}-{precision}"
 
 
 def _median_seconds(function: Callable, *args: Any, runs: int = 5) -> float:
@@ -260,16 +265,20 @@ def peaks_cache_path() -> Path:
 
 
 def host_peaks(precision: str = "float32", *, refresh: bool = False) -> dict[str, float]:
-    """`measure_peaks(precision)`, measured once per host (CPU model and flags, cores),
-    TensorFlow version and precision, and read from `peaks_cache_path()` afterwards."""
+    """`measure_peaks(precision)`, measured once per host (CPU model and flags, cores, the
+    oneDNN instruction-set limit), TensorFlow version and precision, and read from
+    `peaks_cache_path()` afterwards. Measured with TensorFlow's default thread pools (in a
+    fresh process where this one has others: `maskspine.threads`), so that a share of peak
+    is always of the whole host."""
     from maskspine.files import read_json, write_json_atomic
+    from maskspine.threads import run_with_default_threads
 
     path = peaks_cache_path()
     key = _cpu_key(precision)
     cached = read_json(path, {})
     if not refresh and isinstance(cached.get(key), dict):
         return {name: float(value) for name, value in cached[key].items()}
-    peaks = measure_peaks(precision)
+    peaks = run_with_default_threads(measure_peaks, precision)
     cached[key] = peaks
     with contextlib.suppress(OSError):  # a read-only home: measured again next time
         write_json_atomic(path, cached)

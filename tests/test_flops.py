@@ -178,3 +178,20 @@ def test_a_layer_called_twice_is_one_op_run_twice_and_dtypes_are_kept():
     assert row_op == op and row_count == 2 and seconds > 0
     assert floor.seconds == pytest.approx(2 * seconds)
     assert floor.by_type() == {"Conv2D": pytest.approx(2 * seconds)}
+
+
+def test_peaks_are_cached_apart_when_onednn_is_held_to_a_lower_instruction_set(
+    monkeypatch, tmp_path
+):
+    import maskspine.flops as flops
+
+    monkeypatch.setenv("MASKSPINE_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    rates = iter([300e9, 100e9])
+    monkeypatch.setattr(flops, "measure_peaks", lambda precision: {"conv": next(rates)})
+    assert host_peaks("float32") == {"conv": 300e9}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert host_peaks("float32") == {"conv": 100e9}  # measured again, not the AVX-512 figure
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert host_peaks("float32") == {"conv": 300e9}

@@ -437,6 +437,11 @@ class Config:
     tpu: str = ""
     seed: int = 0
     deterministic: bool = False
+    #: TensorFlow's thread pools in `maskspine train` and `maskspine benchmark --what train`:
+    #: threads per op and ops at once (0: TensorFlow's default, one per core);
+    #: `maskspine.threads`.
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
     log_every: int = 100
     mlflow: bool = False
 
@@ -553,6 +558,8 @@ _RANGES = (
     ("keep_checkpoint_max", 1, False, None, False),
     ("keep_best_checkpoints_max", 1, False, None, False),
     ("log_every", 1, False, None, False),
+    ("intra_op_threads", 0, False, None, False),
+    ("inter_op_threads", 0, False, None, False),
     ("num_gts", 1, False, None, False),
     ("flip_ratio", 0.0, False, 1.0, False),
     ("expand_ratio", 0.0, False, 1.0, False),

@@ -70,6 +70,7 @@ from maskspine.config import (
 from maskspine.data import build_dataset, load_categories, prepare_source
 from maskspine.files import write_text_atomic
 from maskspine.modeling.factory import build_mask_rcnn
+from maskspine.threads import configured_threads, set_threads
 from maskspine.training import TrainingError
 from maskspine.training import callbacks as cb
 from maskspine.training.optimizer import build_optimizer
@@ -177,6 +178,8 @@ def train(
     Raises:
         ConfigError, TrainingError, FileNotFoundError: with messages naming what to fix.
     """
+    # Before anything runs on TensorFlow: its thread pools hold for the process.
+    set_threads(config.intra_op_threads, config.inter_op_threads)
     # First: a TPU that cannot be reached fails before anything is built or written.
     strategy = choose_strategy(cpu_replicas, kind=config.strategy, tpu=config.tpu)
     if isinstance(strategy, tf.distribute.TPUStrategy):
@@ -334,6 +337,12 @@ def _train_in(
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
     logger.info("Strategy: %s", describe(strategy))
+    intra, inter = configured_threads()
+    logger.info(
+        "Threads: %s per op, %s ops at once",
+        intra or "TensorFlow's default",
+        inter or "TensorFlow's default",
+    )
     logger.info(
         "Batch: %d per replica x %d replica(s) = global batch %d",
         config.batch_size,
