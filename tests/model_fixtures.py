@@ -30,6 +30,8 @@ TINY_OVERRIDES = [
     "num_gts=8",
     "mask_crop_size=28",
     "precision=float32",  # the demo's `auto` is bfloat16 on some hosts: tests compare float32
+    # the demo's one thread per op would hold for the whole test process (pytest's workers)
+    "intra_op_threads=0",
 ]
 
 

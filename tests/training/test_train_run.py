@@ -378,3 +378,21 @@ def test_a_resumed_run_samples_what_the_uninterrupted_run_sampled(small_shapes, 
     assert all(key in continued for key in second_epoch), continued
     for key in second_epoch:
         assert continued[key] == uninterrupted[key], key
+
+
+def test_the_training_stream_runs_without_autotuning_and_gives_the_same_batches(small_shapes):
+    """fit's iterator must not wait for tf.data's autotuning thread when it is deleted
+    (trainer._training_stream); the batches are those of the pipeline with it."""
+    from maskspine.data import build_dataset, load_categories
+    from maskspine.training.trainer import _training_stream, resolve_classes
+
+    config = load_config(CONFIG, RUN_OVERRIDES)
+    resolve_classes(config, load_categories(small_shapes[0]))
+    stream = _training_stream(config, small_shapes[0], 2, 3)
+    assert stream.options().autotune.enabled is False
+    plain = build_dataset(config, small_shapes[0], training=True, batch_size=2, start_batch=3)
+    assert plain.options().autotune.enabled is not False
+    for ours, theirs in zip(stream.take(10), plain.take(10), strict=True):
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            np.testing.assert_array_equal(ours[key].numpy(), theirs[key].numpy(), err_msg=key)
