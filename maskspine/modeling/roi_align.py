@@ -454,12 +454,12 @@ def _masked_bin_means(crops: tf.Tensor, mask: tf.Tensor, sampling_ratio: int) ->
     """The mean of each bin's g x g samples, those outside the box's level zeroed.
 
     Args:
-        crops: [M, S*g, S*g, C] float32 samples (crop_and_resize's output).
-        mask: [M, S*g, S*g, 1] float32, 1 for samples inside the level, 0 beyond.
+        crops: [M, S*g, S*g, C] samples (crop_and_resize's output), in the compute dtype.
+        mask: [M, S*g, S*g, 1] of the same dtype, 1 for samples inside the level, 0 beyond.
         sampling_ratio: g.
 
     Returns:
-        [M, S, S, C] float32 bin values.
+        [M, S, S, C] bin values, in the dtype of `crops`.
 
     Forward: an average pool of the masked samples (several times faster on CPU than a
     reduce_mean over the strided sample axes). Backward, to `crops` only (the mask is a

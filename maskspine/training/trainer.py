@@ -528,10 +528,11 @@ def _training_stream(
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     # No autotuning: its optimisation thread is what the iterator's destructor waited for
-    # when fit returned (15-55 s in a third of the demo's runs: gdb / py-spy put the main
-    # thread in RootDataset::Iterator::~Iterator joining it). The map's parallelism is the
-    # config's `num_parallel_workers` (TensorFlow's default where 0) and the pipeline keeps well ahead of
-    # the step without it (benchmarks/README.md, "The wait after the last epoch").
+    # when fit returned (15-55 s in a third of the demo's runs: `py-spy dump --native` put the
+    # main thread in RootDataset::Iterator::~Iterator joining it). The map's parallelism is
+    # the config's `num_parallel_workers` (TensorFlow's default where 0), and the pipeline
+    # keeps ahead of the step without autotuning (benchmarks/README.md, "Thread pools": "The
+    # wait after the last epoch").
     options.autotune.enabled = False
     return dataset.with_options(options)
 
