@@ -109,12 +109,13 @@ def benchmark_command(
 
     kind = device_kind()
     jit = resolve_jit_compile(loaded.jit_compile, kind)
+    from maskspine.threads import configured_threads
+
+    # the pools in effect (a loaded checkpoint started TensorFlow before they could be set)
+    intra, inter = configured_threads()
     threads_note = ""
-    if Part.train.value in parts and (loaded.intra_op_threads or loaded.inter_op_threads):
-        threads_note = (
-            f", threads {loaded.intra_op_threads or 'default'} per op, "
-            f"{loaded.inter_op_threads or 'default'} ops at once"
-        )
+    if intra or inter:
+        threads_note = f", threads {intra or 'default'} per op, {inter or 'default'} ops at once"
     typer.echo(
         f"config: SpineNet-{loaded.backbone.arch}, {loaded.img_height}x{loaded.img_width}, "
         f"{loaded.num_classes - 1} classes (and background), precision {loaded.precision} "
