@@ -35,6 +35,18 @@ TINY_OVERRIDES = [
 ]
 
 
+#: Every anchor / RoI sampled: no sampling, and nothing that depends on how the batch is split
+#: over replicas or on which step samples it, so two ways of running a step agree to float
+#: tolerance.
+SAMPLE_EVERYTHING = [
+    "train_cfg.rpn.sampler.num=2048",
+    "train_cfg.rcnn.sampler.num=512",
+    "train_cfg.rcnn.sampler.pos_fraction=1.0",
+    "roi.sample_num=512",
+    "mask_roi.sample_num=512",
+]
+
+
 #: Every part's XLA-compilable option (RoIAlign and mask targets by gathers, tiled NMS).
 XLA_OVERRIDES = [
     "roi.roi_layer.method=gather",

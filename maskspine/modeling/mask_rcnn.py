@@ -233,6 +233,47 @@ class MaskRCNN(keras.Model):
         self.optimizer.apply_gradients(zip(gradients, weights))
         return self._track(losses)
 
+    def make_train_function(self, force: bool = False):
+        """`fit`'s function of one step: the batch read and the step in one graph.
+
+        Keras (3.15) calls a `tf.function` of the step from a second `tf.function` that
+        reads the iterator; that nesting made the demo's step 3-5 % slower on a CPU (float32,
+        oneDNN held to AVX2, 2-core Sapphire Rapids, 2026-12-06; benchmarks/README.md,
+        "Keras' nested step function"). Keras' own function is kept where the step is
+        XLA-compiled (the iterator cannot be in an XLA cluster), for several steps per call
+        and eagerly. Each replica runs `train_step` on its batch of a distributed iterator
+        (`strategy.run`) and the logs are the mean over the replicas, as with Keras' function.
+        """
+        if self.train_function is not None and not force:
+            return self.train_function
+        if self.jit_compile or self.run_eagerly or self.steps_per_execution != 1:
+            super().make_train_function(force)
+            return self.train_function
+        strategy = self.distribute_strategy
+
+        def mean_over_replicas(value):
+            # `_track`'s multi-worker logs are rank 1, one value per replica.
+            rank = strategy.experimental_local_results(value)[0].shape.rank
+            return strategy.reduce("MEAN", value, axis=0 if rank else None)
+
+        def step_on_data(data):
+            logs = strategy.run(self.train_step, args=(data,))
+            return {name: mean_over_replicas(value) for name, value in logs.items()}
+
+        on_iterator = tf.function(lambda iterator: step_on_data(iterator.get_next()))
+        on_data = tf.function(step_on_data, reduce_retracing=True)
+
+        def function(iterator):
+            # A tf.data (or distributed) iterator's end raises OutOfRangeError inside the
+            # function and a Python iterator's StopIteration here: `fit` ends the epoch on
+            # either, as with Keras' function.
+            if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
+                return on_iterator(iterator)
+            return on_data(next(iterator))
+
+        self.train_function = function
+        return function
+
     def test_step(self, data):
         return self._track(self.compute_losses(data, training=False))
 

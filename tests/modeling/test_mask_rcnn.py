@@ -9,11 +9,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from model_fixtures import REPO, TINY_OVERRIDES, make_batch
+from model_fixtures import REPO, SAMPLE_EVERYTHING, TINY_OVERRIDES, make_batch
 
 from maskspine.config import ConfigError, load_config
 from maskspine.modeling.factory import build_mask_rcnn
 from maskspine.modeling.mask_rcnn import LOSS_NAMES
+from maskspine.training.trainer import _op_determinism
 
 #: The reference's log prints "Number of parameters: 40785333" for SpineNet-49
 #: Mask R-CNN with 81 classes (its README, "Training process").
@@ -117,6 +118,52 @@ def test_losses_are_finite_and_every_weight_gets_a_gradient(tiny_config):
     assert float(losses["loss"]) == pytest.approx(parts, rel=1e-5)
     missing = [w.path for w, g in zip(model.trainable_weights, gradients) if g is None]
     assert not missing
+
+
+def test_fit_with_the_one_graph_step_trains_as_with_keras_own_function():
+    """`MaskRCNN.make_train_function` (the batch read and the step in one graph) against
+    Keras' own nested function on the same weights and data: the same losses and weights
+    after an epoch of a finite data set, which ends where the data ends (three steps).
+    Every anchor and RoI is sampled and TensorFlow's ops are deterministic, so nothing but
+    the functions could tell the two apart."""
+    config = load_config(
+        os.path.join(REPO, "configs", "shapes_demo.yaml"), [*TINY_OVERRIDES, *SAMPLE_EVERYTHING]
+    )
+    batches = [make_batch(2, seed=seed)[0] for seed in range(3)]
+    data = tf.data.Dataset.from_tensor_slices(
+        {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
+    ).batch(2)
+
+    def compiled(weights=None):
+        model = build_mask_rcnn(config)
+        if weights is not None:
+            model.set_weights(weights)
+        model.compile(optimizer=keras.optimizers.SGD(0.01))
+        return model
+
+    ours = compiled()
+    theirs = compiled(ours.get_weights())
+    keras.Model.make_train_function(theirs)  # fit keeps a function already made
+    keras_function = theirs.train_function
+    with _op_determinism(True):  # the same kernels give the same sums run after run
+        ours_history = ours.fit(data, verbose=0).history
+        theirs_history = theirs.fit(data, verbose=0).history
+    assert theirs.train_function is keras_function
+    assert ours.train_function is not None and ours.train_function is not keras_function
+    assert int(ours.optimizer.iterations) == int(theirs.optimizer.iterations) == 3
+    for name in LOSS_NAMES:
+        np.testing.assert_allclose(ours_history[name], theirs_history[name], rtol=1e-6)
+    for a, b in zip(ours.weights, theirs.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
+
+
+def test_fit_keeps_keras_own_function_where_the_step_is_xla_compiled(tiny_config):
+    """XLA cannot compile the iterator's read with the step: Keras' nested function then."""
+    model = build_mask_rcnn(tiny_config)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=True)
+    function = model.make_train_function()
+    assert function is model.train_function
+    assert function.__qualname__.startswith("TensorFlowTrainer.")
 
 
 def test_loss_weights_from_the_config_are_applied(tiny_config):

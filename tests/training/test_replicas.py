@@ -3,24 +3,17 @@ the same global batch."""
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from model_fixtures import make_batch
+from model_fixtures import REPO, SAMPLE_EVERYTHING, TINY_OVERRIDES, make_batch
 
+from maskspine.config import load_config
 from maskspine.modeling.factory import build_mask_rcnn
 from maskspine.modeling.mask_rcnn import MaskRCNN
-
-#: Every anchor / RoI sampled and BN frozen: nothing random and nothing that depends on how
-#: the batch is split, so one step must agree to float tolerance.
-DETERMINISTIC = {
-    "train_cfg.rpn.sampler.num": 2048,
-    "train_cfg.rcnn.sampler.num": 512,
-    "train_cfg.rcnn.sampler.pos_fraction": 1.0,
-    "roi.sample_num": 512,
-    "mask_roi.sample_num": 512,
-}
 
 
 def build(config, strategy):
@@ -58,14 +51,13 @@ def test_the_model_uses_no_private_keras_method_and_is_composed_outside_the_scop
 
 
 @pytest.mark.slow  # two replicas' traces of the train step: over a minute on 2 cores
-def test_two_replicas_match_one_replica(tiny_config):
-    for key, value in DETERMINISTIC.items():
-        section, *rest = key.split(".")
-        target = getattr(tiny_config, section)
-        for part in rest[:-1]:
-            target = getattr(target, part)
-        setattr(target, rest[-1], value)
-    tiny_config.train_cfg.rpn_proposal.max_per_img = 100
+def test_two_replicas_match_one_replica():
+    # Every anchor and RoI sampled and BN frozen (`build`): nothing random and nothing that
+    # depends on how the batch is split, so one step must agree to float tolerance.
+    tiny_config = load_config(
+        os.path.join(REPO, "configs", "shapes_demo.yaml"),
+        [*TINY_OVERRIDES, *SAMPLE_EVERYTHING, "train_cfg.rpn_proposal.max_per_img=100"],
+    )
     one, _ = make_batch(1)
     batch = {key: np.repeat(value, 4, axis=0) for key, value in one.items()}
     data = tf.data.Dataset.from_tensors(batch)
