@@ -4,10 +4,13 @@ of the step called from a `tf.function` that reads the iterator) against maskspi
 demo's real training stream, in alternated blocks of steps.
 
     python benchmarks/train_function_ab.py [--config configs/shapes_demo.yaml]
-        [--precision float32|bfloat16] [--blocks 10] [--steps 10] [--set KEY=VALUE ...]
+        [--precision float32|bfloat16] [--blocks 10] [--steps 10] [--synthetic]
+        [--set KEY=VALUE ...]
 
 Prints the median and mean step time of each over all blocks (each block after two
 unmeasured steps of its function), and their ratio. The config's thread pools apply.
+`--synthetic` repeats `maskspine.benchmark.synthetic_training_batch` instead of reading the
+shapes set (configs whose classes are not the shapes set's, e.g. COCO's at 640).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--blocks", type=int, default=10)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--synthetic", action="store_true")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
 
@@ -40,14 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(config.intra_op_threads, config.inter_op_threads)
 
     import keras
+    import tensorflow as tf
 
+    from maskspine.benchmark import synthetic_training_batch
     from maskspine.data import load_categories
     from maskspine.modeling.factory import build_mask_rcnn
     from maskspine.training.optimizer import build_optimizer
     from maskspine.training.trainer import _training_stream, resolve_classes
 
     source = config.train_dataset or "shapes"
-    resolve_classes(config, load_categories(source))
+    if not args.synthetic:
+        resolve_classes(config, load_categories(source))
     model = build_mask_rcnn(config)
     model.compile(optimizer=build_optimizer(config, 100, model.precision), auto_scale_loss=False)
     functions = {
@@ -55,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     model.train_function = None
     functions["maskspine"] = model.make_train_function()
-    iterator = iter(_training_stream(config, source, config.batch_size, 0))
+    if args.synthetic:
+        batch = synthetic_training_batch(config, config.batch_size)
+        stream = tf.data.Dataset.from_tensors(batch).repeat()
+    else:
+        stream = _training_stream(config, source, config.batch_size, 0)
+    iterator = iter(stream)
     times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(args.blocks):
         for name, function in functions.items():
