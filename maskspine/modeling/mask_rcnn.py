@@ -35,6 +35,7 @@ uninterrupted one sampled.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -233,7 +234,7 @@ class MaskRCNN(keras.Model):
         self.optimizer.apply_gradients(zip(gradients, weights))
         return self._track(losses)
 
-    def make_train_function(self, force: bool = False):
+    def make_train_function(self, force: bool = False) -> Callable[[Any], dict[str, Any]]:
         """`fit`'s function of one step: the batch read and the step in one graph.
 
         Keras (3.15) calls a `tf.function` of the step from a second `tf.function` that
