@@ -57,11 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         resolve_classes(config, load_categories(source))
     model = build_mask_rcnn(config)
     model.compile(optimizer=build_optimizer(config, 100, model.precision), auto_scale_loss=False)
-    functions = {
-        "keras": keras.Model.make_train_function(model, force=True) or model.train_function,
-    }
-    model.train_function = None
-    functions["maskspine"] = model.make_train_function()
+    keras.Model.make_train_function(model, force=True)  # sets model.train_function
+    functions = {"keras": model.train_function}
+    functions["maskspine"] = model.make_train_function(force=True)
     if args.synthetic:
         batch = synthetic_training_batch(config, config.batch_size)
         stream = tf.data.Dataset.from_tensors(batch).repeat()
