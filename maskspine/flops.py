@@ -207,9 +207,9 @@ MATMUL_SIZES = (2048, 4096)
 
 
 def _cpu_key(precision: str) -> str:
-    """The cache key of a host's peaks: its CPU model, flags and cores, the instruction set
-    oneDNN is held to (`ONEDNN_MAX_CPU_ISA`), TensorFlow's version, the precision and the
-    calibration's shapes."""
+    """The cache key of a host's peaks: its CPU model, flags and cores, whether TensorFlow
+    was asked for oneDNN (`TF_ENABLE_ONEDNN_OPTS`) and the instruction set oneDNN is held to
+    (`ONEDNN_MAX_CPU_ISA`), TensorFlow's version, the precision and the calibration's shapes."""
     import tensorflow as tf
 
     from maskspine.precision import onednn_isa_limit
@@ -224,7 +224,9 @@ def _cpu_key(precision: str) -> str:
     digest = hashlib.sha1(f"{model}|{flags}|{os.cpu_count()}|{calibration}".encode()).hexdigest()
     isa = onednn_isa_limit()
     held = f"-isa{isa}" if isa else ""
-    return f"{digest[:12]}{held}-tf{tf.__version__}-{precision}"
+    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip()
+    kernels = f"-onednn{onednn}" if onednn else ""
+    return f"{digest[:12]}{kernels}{held}-tf{tf.__version__}-{precision}"
 
 
 def _median_seconds(function: Callable, *args: Any, runs: int = 5) -> float:

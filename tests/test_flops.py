@@ -195,3 +195,17 @@ def test_peaks_are_cached_apart_when_onednn_is_held_to_a_lower_instruction_set(
     assert host_peaks("float32") == {"conv": 100e9}  # measured again, not the AVX-512 figure
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     assert host_peaks("float32") == {"conv": 300e9}
+
+
+def test_peaks_are_cached_apart_with_and_without_onednn(monkeypatch, tmp_path):
+    import maskspine.flops as flops
+
+    monkeypatch.setenv("MASKSPINE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    rates = iter([120e9, 100e9])
+    monkeypatch.setattr(flops, "measure_peaks", lambda precision: {"conv": next(rates)})
+    assert host_peaks("float32") == {"conv": 120e9}
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert host_peaks("float32") == {"conv": 100e9}  # Eigen's kernels: measured again
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    assert host_peaks("float32") == {"conv": 120e9}
