@@ -154,12 +154,14 @@ def peak_memory_bytes() -> int:
 
 
 def machine_description() -> str:
-    """CPU, cores, native bfloat16, GPUs and the TensorFlow version: what sets the figures."""
+    """CPU, cores, native bfloat16, the kernels (Eigen where oneDNN is turned off), GPUs and the
+    TensorFlow version: what sets the figures."""
     import tensorflow as tf
 
     from maskspine.precision import (
         cpu_bfloat16_flags,
         gpu_compute_capabilities,
+        onednn_enabled,
         onednn_isa_limit,
     )
 
@@ -177,7 +179,9 @@ def machine_description() -> str:
     flags = cpu_bfloat16_flags()
     bf16 = f"native bfloat16 ({', '.join(flags)})" if flags else "no native bfloat16"
     isa_limit = onednn_isa_limit()
-    if isa_limit:
+    if not onednn_enabled():
+        bf16 += "; Eigen's kernels (TF_ENABLE_ONEDNN_OPTS=0)"
+    elif isa_limit:
         bf16 += f"; oneDNN held to {isa_limit}"
     return (
         f"{cpu}, {os.cpu_count()} cores, {bf16}; {gpu_text}; TensorFlow {tf.__version__}, "

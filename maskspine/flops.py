@@ -207,12 +207,12 @@ MATMUL_SIZES = (2048, 4096)
 
 
 def _cpu_key(precision: str) -> str:
-    """The cache key of a host's peaks: its CPU model, flags and cores, whether TensorFlow
-    was asked for oneDNN (`TF_ENABLE_ONEDNN_OPTS`) and the instruction set oneDNN is held to
+    """The cache key of a host's peaks: its CPU model, flags and cores, oneDNN's kernels or
+    Eigen's (`TF_ENABLE_ONEDNN_OPTS`) and the instruction set oneDNN is held to
     (`ONEDNN_MAX_CPU_ISA`), TensorFlow's version, the precision and the calibration's shapes."""
     import tensorflow as tf
 
-    from maskspine.precision import onednn_isa_limit
+    from maskspine.precision import onednn_enabled, onednn_isa_limit
 
     try:
         info = Path("/proc/cpuinfo").read_text(errors="replace")
@@ -224,8 +224,7 @@ def _cpu_key(precision: str) -> str:
     digest = hashlib.sha1(f"{model}|{flags}|{os.cpu_count()}|{calibration}".encode()).hexdigest()
     isa = onednn_isa_limit()
     held = f"-isa{isa}" if isa else ""
-    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip()
-    kernels = f"-onednn{onednn}" if onednn else ""
+    kernels = "" if onednn_enabled() else "-eigen"
     return f"{digest[:12]}{kernels}{held}-tf{tf.__version__}-{precision}"
 
 

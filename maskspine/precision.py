@@ -76,13 +76,24 @@ def onednn_isa_limit(environ: Mapping[str, str] | None = None) -> str | None:
     return None
 
 
+def onednn_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether TensorFlow runs oneDNN's kernels on the CPU: True unless `TF_ENABLE_ONEDNN_OPTS`
+    says 0 / false (`import maskspine` sets it to 1 where it is unset, for every CPU; left to
+    itself TensorFlow picks oneDNN only on CPUs with AVX512-VNNI, AVX512-BF16 or AMX)."""
+    environ = os.environ if environ is None else environ
+    return environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() not in ("0", "false")
+
+
 def cpu_has_native_bfloat16(
     cpuinfo: str = "/proc/cpuinfo", environ: Mapping[str, str] | None = None
 ) -> bool:
     """Whether this CPU has AMX-BF16 or AVX512-BF16 (read from /proc/cpuinfo; False where
     that file does not exist) and oneDNN may use it: False where `ONEDNN_MAX_CPU_ISA` holds
-    oneDNN below AVX512_CORE_BF16 (e.g. `AVX2`), which makes its bfloat16 emulated."""
+    oneDNN below AVX512_CORE_BF16 (e.g. `AVX2`), which makes its bfloat16 emulated, and where
+    `TF_ENABLE_ONEDNN_OPTS=0` leaves the CPU to Eigen's kernels (no bfloat16 dot products)."""
     if onednn_isa_limit(environ) in _ONEDNN_ISAS_WITHOUT_BFLOAT16:
+        return False
+    if not onednn_enabled(environ):
         return False
     return bool(cpu_bfloat16_flags(cpuinfo))
 

@@ -111,3 +111,16 @@ def test_table_gives_the_achieved_rate_and_the_share_of_the_peak():
     assert row.gflops_per_second == pytest.approx(40e9 / 0.7 / 1e9)
     assert row.share_of_peak == pytest.approx(0.35 / 0.7)
     assert "57.1" in table and "50 %" in table and "12.50" in table
+
+
+def test_machine_line_says_when_the_kernels_are_eigens(monkeypatch):
+    from maskspine.benchmark import machine_description
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert "Eigen's kernels (TF_ENABLE_ONEDNN_OPTS=0)" in machine_description()
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    line = machine_description()
+    assert "Eigen" not in line and "oneDNN held to AVX2" in line

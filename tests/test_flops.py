@@ -207,5 +207,7 @@ def test_peaks_are_cached_apart_with_and_without_onednn(monkeypatch, tmp_path):
     assert host_peaks("float32") == {"conv": 120e9}
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     assert host_peaks("float32") == {"conv": 100e9}  # Eigen's kernels: measured again
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "false")
+    assert host_peaks("float32") == {"conv": 100e9}  # the same setting, spelt otherwise
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
     assert host_peaks("float32") == {"conv": 120e9}

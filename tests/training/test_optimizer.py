@@ -324,6 +324,10 @@ def test_auto_precision_follows_the_hardware(tmp_path, monkeypatch):
     assert not precision.cpu_has_native_bfloat16(str(plain), environ={})
     assert precision.onednn_isa_limit({"ONEDNN_MAX_CPU_ISA": " avx2 "}) == "AVX2"
     assert precision.onednn_isa_limit({}) is None
+    # Eigen's kernels (oneDNN turned off) have no bfloat16 dot products: `auto` keeps float32.
+    for setting, native in [("0", False), ("false", False), (" FALSE ", False), ("1", True)]:
+        env = {"TF_ENABLE_ONEDNN_OPTS": setting}
+        assert precision.cpu_has_native_bfloat16(str(zen4), environ=env) is native, setting
     monkeypatch.setattr(precision, "gpu_compute_capabilities", lambda: [])
     monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: True)
     assert precision.resolve_precision("auto") == "bfloat16"
