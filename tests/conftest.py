@@ -8,10 +8,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-# oneDNN's kernels on every CPU, as `import maskspine` asks before TensorFlow starts (here
-# TensorFlow starts first).
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# maskspine before TensorFlow, as users import it: it sets what TensorFlow reads when it
+# starts (oneDNN's kernels on every CPU, maskspine/__init__.py).
+import maskspine  # noqa: E402, F401
 
+# isort: split
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
