@@ -92,13 +92,25 @@ def test_inference_and_frozen_calls_equal_keras(dtype):
     np.testing.assert_allclose(got[3], want[3])
 
 
-def test_moving_variance_is_the_biased_batch_variance():
-    # independent reference: numpy's population variance over N, H, W
-    x = np.random.default_rng(5).normal(2.0, 3.0, (2, 3, 3, 4)).astype("float32")
+@pytest.mark.parametrize("static", [True, False], ids=["static-shape", "unknown-shape"])
+@pytest.mark.parametrize("shape", [(2, 3, 3, 4), (1, 1, 1, 4)])
+def test_moving_variance_is_the_biased_batch_variance(shape, static):
+    """The kernel's unbiased variance is turned into the biased one from the static shape
+    where the trace knows it and from the tensor's shape where it does not (a batch of
+    unknown size): both against numpy's population variance over N, H, W (0 for one value
+    per channel)."""
+    x = np.random.default_rng(5).normal(2.0, 3.0, shape).astype("float32")
     layer = BatchNormalization(momentum=0.0, epsilon=1e-3)
-    layer(tf.constant(x), training=True)
+    layer.build(shape)
+    call = tf.function(
+        lambda x: layer(x, training=True),
+        input_signature=[tf.TensorSpec(shape if static else [None, None, None, 4])],
+    )
+    call(tf.constant(x))
     np.testing.assert_allclose(layer.moving_mean, x.mean(axis=(0, 1, 2)), rtol=1e-5)
     np.testing.assert_allclose(layer.moving_variance, x.var(axis=(0, 1, 2)), rtol=1e-5)
+    if shape[0] == 1:
+        return
     normalised = (x - x.mean(axis=(0, 1, 2))) / np.sqrt(x.var(axis=(0, 1, 2)) + 1e-3)
     layer.moving_mean.assign(np.zeros(4))  # the output uses the batch's statistics
     y = layer(tf.constant(x), training=True)
