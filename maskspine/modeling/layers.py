@@ -204,7 +204,7 @@ class BatchNormalization(layers.BatchNormalization):
         outputs, mean, unbiased = tf.compat.v1.nn.fused_batch_norm(
             inputs, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True
         )
-        variance = unbiased * _biased_variance_factor(inputs)
+        variance = _biased_variance(unbiased, inputs)
         self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(
             moving_variance * self.momentum + variance * (1.0 - self.momentum)
@@ -212,25 +212,21 @@ class BatchNormalization(layers.BatchNormalization):
         return tf.cast(outputs, self.compute_dtype)
 
 
-@keras.saving.register_keras_serializable(package="maskspine")
-def _biased_variance_factor(inputs):
-    """(n - 1) / n, float32, for the n = N x H x W values per channel of NHWC `inputs` (0 for
-    n = 1): the fused kernel's unbiased batch variance times it is the biased one Keras keeps
-    in its moving variance. A Python number where the shape is static (a trace of a training
-    step then holds one multiplication per normalisation instead of about twenty ops of
-    shape arithmetic), a tensor where it is not."""
-    count = (
-        inputs.shape[0] * inputs.shape[1] * inputs.shape[2]
-        if None not in inputs.shape[:3]
-        else None
-    )
-    if count is not None:
-        return (count - 1.0) / count if count > 1 else 0.0
+def _biased_variance(unbiased, inputs):
+    """The biased batch variance, float32 [C], that Keras keeps in its moving variance, from the
+    fused kernel's `unbiased` one over the n = N x H x W values per channel of NHWC `inputs`:
+    unbiased x (n - 1) / n, and 0 for n <= 1. The factor is a Python number where the shape is
+    static (a trace of a training step then holds one multiplication per normalisation instead
+    of about twenty ops of shape arithmetic), a tensor where it is not."""
+    if None not in inputs.shape[:3]:
+        count = inputs.shape[0] * inputs.shape[1] * inputs.shape[2]
+        return unbiased * ((count - 1.0) / count) if count > 1 else tf.zeros_like(unbiased)
     shape = tf.shape(inputs)
     count = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
-    return tf.where(count > 1.0, (count - 1.0) / count, 0.0)
+    return tf.where(count > 1.0, unbiased * ((count - 1.0) / count), 0.0)
 
 
+@keras.saving.register_keras_serializable(package="maskspine")
 class Conv2D(layers.Conv2D):
     """Keras' Conv2D into which the BatchNormalization after it can be folded
     (`fold_batch_norm`). When that normalisation runs on its moving statistics (inference,
