@@ -337,7 +337,7 @@ def benchmark_training(
         key: tf.constant(value)
         for key, value in synthetic_training_batch(config, batch_size).items()
     }
-    step = tf.function(model.train_step, jit_compile=model.xla)
+    step = tf.function(model.train_step, jit_compile=model.xla, autograph=False)  # as fit's
     row = measure("train", "training step", step, (batch,), batch_size, runs=runs, peaks=peaks)
     row.peak_memory_bytes = peak_memory_bytes()
     return [row]

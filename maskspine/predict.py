@@ -70,7 +70,8 @@ def predict_function(model: Callable) -> Callable[[tf.Tensor, tf.Tensor], dict[s
     if function is None:
         reference = weakref.ref(model)
 
-        @tf.function(jit_compile=bool(getattr(model, "xla", False)))
+        # No AutoGraph (as in the export): the model has no Python control flow on tensors.
+        @tf.function(jit_compile=bool(getattr(model, "xla", False)), autograph=False)
         def function(images, image_info):
             outputs = reference()({"images": images, "image_info": image_info}, training=False)
             return {key: outputs[key] for key in OUTPUT_KEYS}

@@ -261,8 +261,12 @@ class MaskRCNN(keras.Model):
             logs = strategy.run(self.train_step, args=(data,))
             return {name: mean_over_replicas(value) for name, value in logs.items()}
 
-        on_iterator = tf.function(lambda iterator: step_on_data(iterator.get_next()))
-        on_data = tf.function(step_on_data, reduce_retracing=True)
+        # No AutoGraph: the step has no Python control flow on tensors, and converting its
+        # functions took about an eighth of the trace (benchmarks/README.md, "The trace").
+        on_iterator = tf.function(
+            lambda iterator: step_on_data(iterator.get_next()), autograph=False
+        )
+        on_data = tf.function(step_on_data, reduce_retracing=True, autograph=False)
 
         def function(iterator):
             # A tf.data (or distributed) iterator's end raises OutOfRangeError inside the
