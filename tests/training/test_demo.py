@@ -12,7 +12,7 @@ import pytest
 from model_fixtures import REPO
 
 
-@pytest.mark.slow  # the whole demo: about 6 minutes on a 2-core AVX-512 host
+@pytest.mark.slow  # the whole demo: 4-5 minutes alone on a 2-core AVX-512 host
 def test_the_main_job_reaches_its_accuracy(tmp_path, monkeypatch):
     from maskspine.config import load_config
     from maskspine.training.trainer import train
