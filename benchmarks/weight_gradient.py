@@ -9,7 +9,9 @@ padding; the weight gradient is dW[i, j, c, o] = sum over n, h, w of
 x_padded[n, h + i, w + j, c] * dy[n, h, w, o]. Formed as: the kernel; 9 shifted slices of the
 padded x, each a matrix product with dy (N*H*H x C_IN transposed times N*H*H x C_OUT);
 `extract_patches` then one matrix product; the batch as channels (a forward VALID convolution
-of x transposed to C_IN x H+2 x H+2 x N with dy transposed to H x H x N x C_OUT). Prints each
+of x transposed to C_IN x H+2 x H+2 x N with dy transposed to H x H x N x C_OUT); the kernel
+on x and dy transposed to NCHW (the transposes timed with it); the 3D kernel
+(`Conv3DBackpropFilterV2`) on a depth of 1. Prints each
 one's median milliseconds, GFLOP/s (2 N H^2 C_IN C_OUT 9 FLOPs) and largest difference from
 the kernel's result, relative to its largest value. Examples, the box head and mask head of
 SpineNet-49 Mask R-CNN at 640, batch 2: `1024 7 256 256`, `256 14 256 256`.
@@ -85,6 +87,27 @@ def main() -> None:
         )
         return tf.transpose(product, [1, 2, 0, 3])
 
+    @tf.function
+    def kernel_nchw(x, dy):
+        return tf.raw_ops.Conv2DBackpropFilter(
+            input=tf.transpose(x, [0, 3, 1, 2]),
+            filter_sizes=[3, 3, c_in, c_out],
+            out_backprop=tf.transpose(dy, [0, 3, 1, 2]),
+            strides=[1, 1, 1, 1],
+            padding="SAME",
+            data_format="NCHW",
+        )
+
+    @tf.function
+    def kernel_3d(x, dy):
+        return tf.raw_ops.Conv3DBackpropFilterV2(
+            input=x[:, None],
+            filter_sizes=[1, 3, 3, c_in, c_out],
+            out_backprop=dy[:, None],
+            strides=[1, 1, 1, 1, 1],
+            padding="SAME",
+        )[0]
+
     flops = 2 * n * h * h * c_in * c_out * 9
     reference = tf.cast(kernel(x, dy), tf.float32)
     scale = float(tf.reduce_max(tf.abs(reference)))
@@ -95,6 +118,8 @@ def main() -> None:
         (shifted_products, (x, dy)),
         (patches_product, (x, dy)),
         (batch_as_channels, (x, dy)),
+        (kernel_nchw, (x, dy)),
+        (kernel_3d, (x, dy)),
     ):
         result = function(*arguments)  # the trace, and a warm-up
         times = []
