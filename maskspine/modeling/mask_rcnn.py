@@ -262,8 +262,8 @@ class MaskRCNN(keras.Model):
             return {name: mean_over_replicas(value) for name, value in logs.items()}
 
         # No AutoGraph: the step has no Python control flow on tensors, and converting its
-        # functions took an eighth to a quarter of the trace (benchmarks/README.md, "The trace without
-        # AutoGraph").
+        # functions took an eighth to a quarter of the trace (benchmarks/README.md, "The
+        # trace without AutoGraph").
         on_iterator = tf.function(
             lambda iterator: step_on_data(iterator.get_next()), autograph=False
         )
