@@ -50,15 +50,19 @@ def main() -> None:
     def forward(x, w):
         return tf.nn.conv2d(x, w, 1, "SAME")
 
-    @tf.function
-    def kernel(x, dy):
+    def backprop_filter(x, dy, data_format="NHWC"):
         return tf.raw_ops.Conv2DBackpropFilter(
             input=x,
             filter_sizes=[3, 3, c_in, c_out],
             out_backprop=dy,
             strides=[1, 1, 1, 1],
             padding="SAME",
+            data_format=data_format,
         )
+
+    @tf.function
+    def kernel(x, dy):
+        return backprop_filter(x, dy)
 
     @tf.function
     def shifted_products(x, dy):
@@ -89,14 +93,8 @@ def main() -> None:
 
     @tf.function
     def kernel_nchw(x, dy):
-        return tf.raw_ops.Conv2DBackpropFilter(
-            input=tf.transpose(x, [0, 3, 1, 2]),
-            filter_sizes=[3, 3, c_in, c_out],
-            out_backprop=tf.transpose(dy, [0, 3, 1, 2]),
-            strides=[1, 1, 1, 1],
-            padding="SAME",
-            data_format="NCHW",
-        )
+        to_nchw = [0, 3, 1, 2]
+        return backprop_filter(tf.transpose(x, to_nchw), tf.transpose(dy, to_nchw), "NCHW")
 
     @tf.function
     def kernel_3d(x, dy):
