@@ -3,6 +3,7 @@
 FLOPs, at one shape and dtype.
 
     python benchmarks/weight_gradient.py N H C_IN C_OUT [--dtype bfloat16] [--runs 7]
+        [--intra-op-threads T]
 
 x is N x H x H x C_IN (NHWC), the output gradient dy N x H x H x C_OUT, stride 1, SAME
 padding; the weight gradient is dW[i, j, c, o] = sum over n, h, w of
@@ -11,7 +12,8 @@ padded x, each a matrix product with dy (N*H*H x C_IN transposed times N*H*H x C
 `extract_patches` then one matrix product; the batch as channels (a forward VALID convolution
 of x transposed to C_IN x H+2 x H+2 x N with dy transposed to H x H x N x C_OUT); the kernel
 on x and dy transposed to NCHW (the transposes timed with it); the 3D kernel
-(`Conv3DBackpropFilterV2`) on a depth of 1. Prints each
+(`Conv3DBackpropFilterV2`) on a depth of 1; the kernel on each half of the batch, the two
+summed (two ops the inter-op pool runs at once). Prints each
 one's median milliseconds, GFLOP/s (2 N H^2 C_IN C_OUT 9 FLOPs) and largest difference from
 the kernel's result, relative to its largest value. Examples, the box head and mask head of
 SpineNet-49 Mask R-CNN at 640, batch 2: `1024 7 256 256`, `256 14 256 256`.
@@ -33,6 +35,9 @@ def main() -> None:
         parser.add_argument(name, type=int)
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument(
+        "--intra-op-threads", type=int, default=0, help="threads per op (0: TensorFlow's default)"
+    )
     args = parser.parse_args()
 
     import maskspine  # noqa: F401  (before TensorFlow: oneDNN's kernels, as maskspine runs)
@@ -40,6 +45,7 @@ def main() -> None:
     # isort: split
     import tensorflow as tf
 
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     n, h, c_in, c_out = args.n, args.h, args.c_in, args.c_out
     dtype = tf.as_dtype(args.dtype)
     x = tf.cast(tf.random.stateless_normal([n, h, h, c_in], seed=[1, 2]), dtype)
@@ -106,6 +112,11 @@ def main() -> None:
             padding="SAME",
         )[0]
 
+    @tf.function
+    def kernel_on_halves(x, dy):
+        halves = zip(tf.split(x, [n // 2, n - n // 2]), tf.split(dy, [n // 2, n - n // 2]))
+        return tf.add_n([backprop_filter(x_half, dy_half) for x_half, dy_half in halves])
+
     flops = 2 * n * h * h * c_in * c_out * 9
     reference = tf.cast(kernel(x, dy), tf.float32)
     scale = float(tf.reduce_max(tf.abs(reference)))
@@ -118,6 +129,7 @@ def main() -> None:
         (batch_as_channels, (x, dy)),
         (kernel_nchw, (x, dy)),
         (kernel_3d, (x, dy)),
+        (kernel_on_halves, (x, dy)),
     ):
         result = function(*arguments)  # the trace, and a warm-up
         times = []
