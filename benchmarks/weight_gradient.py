@@ -114,7 +114,8 @@ def main() -> None:
 
     @tf.function
     def kernel_on_halves(x, dy):
-        halves = zip(tf.split(x, [n // 2, n - n // 2]), tf.split(dy, [n // 2, n - n // 2]))
+        sizes = [n // 2, n - n // 2]
+        halves = zip(tf.split(x, sizes), tf.split(dy, sizes))
         return tf.add_n([backprop_filter(x_half, dy_half) for x_half, dy_half in halves])
 
     flops = 2 * n * h * h * c_in * c_out * 9
