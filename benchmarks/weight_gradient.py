@@ -9,7 +9,9 @@ x is N x H x H x C_IN (NHWC), the output gradient dy N x H x H x C_OUT, stride 1
 padding; the weight gradient is dW[i, j, c, o] = sum over n, h, w of
 x_padded[n, h + i, w + j, c] * dy[n, h, w, o]. Formed as: the kernel; 9 shifted slices of the
 padded x, each a matrix product with dy (N*H*H x C_IN transposed times N*H*H x C_OUT);
-`extract_patches` then one matrix product; the batch as channels (a forward VALID convolution
+the 3 column shifts of the padded x side by side as 3 * C_IN channels, then one matrix
+product per row shift (3 products, each of 3 * C_IN rows); `extract_patches` then one matrix
+product; the batch as channels (a forward VALID convolution
 of x transposed to C_IN x H+2 x H+2 x N with dy transposed to H x H x N x C_OUT); the kernel
 on x and dy transposed to NCHW (the transposes timed with it); the 3D kernel
 (`Conv3DBackpropFilterV2`) on a depth of 1; the kernel on each half of the batch, the two
@@ -82,6 +84,17 @@ def main() -> None:
         return tf.reshape(tf.stack(parts), [3, 3, c_in, c_out])
 
     @tf.function
+    def column_products(x, dy):
+        padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+        columns = tf.concat([padded[:, :, j : j + h, :] for j in range(3)], axis=-1)
+        rows = tf.reshape(dy, [-1, c_out])
+        parts = [
+            tf.matmul(tf.reshape(columns[:, i : i + h], [-1, 3 * c_in]), rows, True)
+            for i in range(3)
+        ]
+        return tf.reshape(tf.stack(parts), [3, 3, c_in, c_out])
+
+    @tf.function
     def patches_product(x, dy):
         patches = tf.image.extract_patches(x, [1, 3, 3, 1], [1, 1, 1, 1], [1, 1, 1, 1], "SAME")
         product = tf.matmul(
@@ -126,6 +139,7 @@ def main() -> None:
         (forward, (x, w)),
         (kernel, (x, dy)),
         (shifted_products, (x, dy)),
+        (column_products, (x, dy)),
         (patches_product, (x, dy)),
         (batch_as_channels, (x, dy)),
         (kernel_nchw, (x, dy)),
