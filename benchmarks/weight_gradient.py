@@ -5,20 +5,19 @@ FLOPs, at one shape and dtype.
     python benchmarks/weight_gradient.py N H C_IN C_OUT [--dtype bfloat16] [--runs 7]
         [--intra-op-threads T]
 
-x is N x H x H x C_IN (NHWC), the output gradient dy N x H x H x C_OUT, stride 1, SAME
-padding; the weight gradient is dW[i, j, c, o] = sum over n, h, w of
-x_padded[n, h + i, w + j, c] * dy[n, h, w, o]. Formed as: the kernel; 9 shifted slices of the
-padded x, each a matrix product with dy (N*H*H x C_IN transposed times N*H*H x C_OUT);
-the 3 column shifts of the padded x side by side as 3 * C_IN channels, then one matrix
-product per row shift (3 products, each of 3 * C_IN rows); `extract_patches` then one matrix
-product; the batch as channels (a forward VALID convolution
-of x transposed to C_IN x H+2 x H+2 x N with dy transposed to H x H x N x C_OUT); the kernel
-on x and dy transposed to NCHW (the transposes timed with it); the 3D kernel
+x is N x H x H x C_IN (NHWC), the output gradient dy N x H x H x C_OUT, stride 1, SAME padding;
+the weight gradient is dW[i, j, c, o] = sum over n, h, w of x_padded[n, h + i, w + j, c] *
+dy[n, h, w, o]. Formed as: the kernel; 9 shifted slices of the padded x, each a matrix product
+with dy (N*H*H x C_IN transposed times N*H*H x C_OUT); the 3 column shifts of the padded x side
+by side as 3 * C_IN channels, then one matrix product per row shift (3 products, each of 3 *
+C_IN rows); `extract_patches` then one matrix product; the batch as channels (a forward VALID
+convolution of x transposed to C_IN x H+2 x H+2 x N with dy transposed to H x H x N x C_OUT);
+the kernel on x and dy transposed to NCHW (the transposes timed with it); the 3D kernel
 (`Conv3DBackpropFilterV2`) on a depth of 1; the kernel on each half of the batch, the two
-summed (two ops the inter-op pool runs at once). Prints each
-one's median milliseconds, GFLOP/s (2 N H^2 C_IN C_OUT 9 FLOPs) and largest difference from
-the kernel's result, relative to its largest value. Examples, the box head and mask head of
-SpineNet-49 Mask R-CNN at 640, batch 2: `1024 7 256 256`, `256 14 256 256`.
+summed (two ops the inter-op pool runs at once). Prints each one's median milliseconds, GFLOP/s
+(2 N H^2 C_IN C_OUT 9 FLOPs) and largest difference from the kernel's result, relative to its
+largest value. Examples, the box head and mask head of SpineNet-49 Mask R-CNN at 640, batch 2:
+`1024 7 256 256`, `256 14 256 256`.
 """
 
 from __future__ import annotations
