@@ -237,22 +237,88 @@ class Conv2D(layers.Conv2D):
     into one oneDNN kernel only in float32, and that kernel is slow without AVX-512;
     Conv2D + BiasAdd (+ ReLU) it fuses in every precision. This layer's own output stays
     the plain convolution, so a model reading it (a feature extractor) gets what Keras'
-    layer gives. Its variables, config and saved weights are Keras' own."""
+    layer gives. Its variables and saved weights are Keras' own.
 
-    def __init__(self, *args, **kwargs):
+    `weight_gradient_parts` > 1 (training only): the kernel's gradient is the sum of that
+    many `Conv2DBackpropFilter`s, each on a slice of the batch, which TensorFlow's inter-op
+    pool runs at once; the forward convolution and the input's gradient are unchanged. For a
+    convolution whose weight gradient nothing else can run beside (SpineNet's stem: the last
+    op of the backward pass), so that one thread per op (`intra_op_threads: 1`) still keeps
+    two cores busy. A batch of unknown size, or one the parts do not divide, takes Keras'
+    gradient."""
+
+    def __init__(self, *args, weight_gradient_parts: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
+        if int(weight_gradient_parts) < 1:
+            raise ValueError(f"weight_gradient_parts must be >= 1, got {weight_gradient_parts}")
+        self.weight_gradient_parts = int(weight_gradient_parts)
         self._folding = False  # a BatchNormalization folds into it: remember the calls
         self._calls = []  # [(outputs, inputs)] of the calls in the current trace
         self._calls_graph = None  # the graph of those tensors (None: eager)
 
+    def get_config(self) -> dict:
+        return {**super().get_config(), "weight_gradient_parts": self.weight_gradient_parts}
+
     def call(self, inputs, training=None):
-        outputs = super().call(inputs)
+        parts = self.weight_gradient_parts
+        batch = inputs.shape[0]
+        if training and parts > 1 and batch is not None and batch % parts == 0:
+            outputs = self._convolve_split_gradient(inputs, parts)
+        else:
+            outputs = super().call(inputs)
         if self._folding:
             graph = None if tf.executing_eagerly() else outputs.graph
             if graph is None or graph is not self._calls_graph:
                 self._calls = []  # eager calls, or a new trace: the old tensors are dead
                 self._calls_graph = graph
             self._calls.append((outputs, inputs))
+        return outputs
+
+    def _convolve_split_gradient(self, inputs, parts: int):
+        """Keras' call (convolution, bias, activation) with the kernel's gradient summed
+        over `parts` slices of the batch (NHWC, dilation 1 and no groups only: others take
+        Keras' gradient)."""
+        if (
+            any(rate != 1 for rate in self.dilation_rate)
+            or self.groups != 1
+            or self.data_format != "channels_last"
+        ):
+            return super().call(inputs)
+        strides = [1, *self.strides, 1]
+        padding = self.padding.upper()
+        kernel = tf.convert_to_tensor(self.kernel)  # the compute dtype under autocast
+
+        @tf.custom_gradient
+        def convolve(x, k):
+            def gradient(dy):
+                dx = tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=tf.shape(x),
+                    filter=k,
+                    out_backprop=dy,
+                    strides=strides,
+                    padding=padding,
+                )
+                dk = tf.add_n(
+                    [
+                        tf.raw_ops.Conv2DBackpropFilter(
+                            input=x_part,
+                            filter_sizes=tf.shape(k),
+                            out_backprop=dy_part,
+                            strides=strides,
+                            padding=padding,
+                        )
+                        for x_part, dy_part in zip(tf.split(x, parts), tf.split(dy, parts))
+                    ]
+                )
+                return dx, dk
+
+            return self.convolution_op(x, k), gradient
+
+        outputs = convolve(inputs, kernel)
+        if self.use_bias:
+            outputs = ops.add(outputs, ops.reshape(self.bias, (1, 1, 1, self.filters)))
+        if self.activation is not None:
+            outputs = self.activation(outputs)
         return outputs
 
     def inputs_of(self, outputs):
@@ -308,6 +374,7 @@ def conv_bn(
     epsilon: float = 1e-3,
     kernel_regularizer=None,
     padding: str = "same",
+    weight_gradient_parts: int = 1,
     name: str,
 ):
     """Conv2D (no bias) -> BatchNorm -> optional activation.
@@ -315,7 +382,7 @@ def conv_bn(
     `padding` "same" is Keras' (for stride 2 on an even size: one more zero after than
     before); "symmetric" pads a strided conv with (k - 1) // 2 zeros before and the rest
     after, then convolves 'valid' (tensorflow/tpu `conv2d_fixed_padding`); both are 'same'
-    at stride 1.
+    at stride 1. `weight_gradient_parts`: the conv's (`Conv2D`), 1 for Keras' gradient.
     """
     if padding not in PADDINGS:
         raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
@@ -333,6 +400,7 @@ def conv_bn(
         use_bias=False,
         kernel_initializer=KERNEL_INITIALIZER,
         kernel_regularizer=kernel_regularizer,
+        weight_gradient_parts=weight_gradient_parts,
         name=f"{name}_conv",
     )
     x = batch_norm(conv(x), momentum=momentum, epsilon=epsilon, name=f"{name}_bn")

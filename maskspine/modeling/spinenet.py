@@ -42,6 +42,13 @@ from maskspine.modeling.spinenet_specs import (  # noqa: F401 (re-exported)
 _STEM_BLOCKS = 2
 _STEM_BLOCK_FN = "bottleneck"
 _STEM_FILTERS = 64
+#: The stem conv's weight gradient in two halves of the batch (`Conv2D.weight_gradient_parts`):
+#: it is the backward pass's last convolution, with nothing else to run beside it, so with one
+#: thread per op one core would idle through it. The shapes demo's step, in-process A/B on a
+#: 2-core AMD EPYC Zen 4: 0.956x float32 held to AVX2, 0.958x bfloat16; SpineNet-49 at 640,
+#: batch 2, TensorFlow's default pools: 0.99x (benchmarks/README.md, "The stem's weight
+#: gradient in halves").
+_STEM_WEIGHT_GRADIENT_PARTS = 2
 
 
 @dataclass(frozen=True)
@@ -393,6 +400,7 @@ class _SpineNetBuilder:
             strides=2,
             activation=self.activation,
             padding=self.conv_padding,
+            weight_gradient_parts=_STEM_WEIGHT_GRADIENT_PARTS,
             name=self._next("stem").name,
             **self.common,
         )
