@@ -44,10 +44,10 @@ _STEM_BLOCK_FN = "bottleneck"
 _STEM_FILTERS = 64
 #: The stem conv's weight gradient in two halves of the batch (`Conv2D.weight_gradient_parts`):
 #: it is the backward pass's last convolution, with nothing else to run beside it, so with one
-#: thread per op one core would idle through it. The shapes demo's step, in-process A/B on a
-#: 2-core AMD EPYC Zen 4: 0.956x float32 held to AVX2, 0.958x bfloat16; SpineNet-49 at 640,
-#: batch 2, TensorFlow's default pools: 0.99x (benchmarks/README.md, "The stem's weight
-#: gradient in halves").
+#: thread per op one core would idle through it. `fit`'s step on the shapes demo's stream,
+#: in-process A/B on a 2-core AMD EPYC Zen 4: 0.955x in bfloat16, 0.974x in float32 held to
+#: AVX2; SpineNet-49 at 640, batch 2, TensorFlow's default pools: 0.99x (benchmarks/README.md,
+#: "The step's two cores, the stem's weight gradient in halves").
 _STEM_WEIGHT_GRADIENT_PARTS = 2
 
 
