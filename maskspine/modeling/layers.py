@@ -260,10 +260,8 @@ class Conv2D(layers.Conv2D):
         return {**super().get_config(), "weight_gradient_parts": self.weight_gradient_parts}
 
     def call(self, inputs, training=None):
-        parts = self.weight_gradient_parts
-        batch = inputs.shape[0]
-        if training and parts > 1 and batch is not None and batch % parts == 0:
-            outputs = self._convolve_split_gradient(inputs, parts)
+        if training and self._splits_weight_gradient(inputs):
+            outputs = self._convolve_split_gradient(inputs, self.weight_gradient_parts)
         else:
             outputs = super().call(inputs)
         if self._folding:
@@ -274,16 +272,23 @@ class Conv2D(layers.Conv2D):
             self._calls.append((outputs, inputs))
         return outputs
 
+    def _splits_weight_gradient(self, inputs) -> bool:
+        """Whether `weight_gradient_parts` applies to this call: more than one part, a
+        static batch they divide, NHWC, dilation 1 and no groups."""
+        parts = self.weight_gradient_parts
+        batch = inputs.shape[0]
+        return (
+            parts > 1
+            and batch is not None
+            and batch % parts == 0
+            and all(rate == 1 for rate in self.dilation_rate)
+            and self.groups == 1
+            and self.data_format == "channels_last"
+        )
+
     def _convolve_split_gradient(self, inputs, parts: int):
         """Keras' call (convolution, bias, activation) with the kernel's gradient summed
-        over `parts` slices of the batch (NHWC, dilation 1 and no groups only: others take
-        Keras' gradient)."""
-        if (
-            any(rate != 1 for rate in self.dilation_rate)
-            or self.groups != 1
-            or self.data_format != "channels_last"
-        ):
-            return super().call(inputs)
+        over `parts` slices of the batch (`_splits_weight_gradient` says where it applies)."""
         strides = [1, *self.strides, 1]
         padding = self.padding.upper()
         kernel = tf.convert_to_tensor(self.kernel)  # the compute dtype under autocast
