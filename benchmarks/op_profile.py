@@ -90,9 +90,9 @@ def op_times(events) -> tuple[collections.Counter, collections.Counter]:
 
 
 def concurrency(events) -> tuple[collections.Counter, collections.Counter]:
-    """(seconds with 0, 1, 2, 3 or more threads running an op, between the first op and the
-    last; seconds each op ran while no other thread ran one) of `op_events`. An op nested
-    in another on its thread counts as that thread's outer op."""
+    """(seconds with 0, 1, 2, ... threads running an op, between the first op and the last;
+    seconds each op ran while no other thread ran one) of `op_events`. An op nested in
+    another on its thread counts as that thread's outer op."""
     points = sorted(
         [(start, 1, thread, name) for start, _, thread, name in events]
         + [(end, -1, thread, name) for _, end, thread, name in events],
@@ -106,7 +106,7 @@ def concurrency(events) -> tuple[collections.Counter, collections.Counter]:
     for time_ps, step, thread, name in points:
         running = [t for t, d in depth.items() if d > 0]
         seconds = (time_ps - previous) * 1e-12
-        busy[min(len(running), 3)] += seconds
+        busy[len(running)] += seconds
         if len(running) == 1:
             alone[outer[running[0]]] += seconds
         depth[thread] += step
@@ -221,8 +221,15 @@ def main() -> None:
         print(f"  {100 * seconds / total:5.1f} %  {seconds / args.runs:7.3f} s  {scope}")
     pools = "the config's" if args.config_pools else "TensorFlow's default"
     span = sum(busy.values())
-    print(f"executor threads running an op ({pools} pools), share of the calls' span:")
-    for threads, seconds in sorted(busy.items()):
+    mean = sum(threads * seconds for threads, seconds in busy.items()) / max(span, 1e-12)
+    print(
+        f"executor threads running an op ({pools} pools), share of the calls' span "
+        f"(mean {mean:.2f}, most {max(busy, default=0)}):"
+    )
+    shown: collections.Counter = collections.Counter()
+    for threads, seconds in busy.items():
+        shown[min(threads, 3)] += seconds
+    for threads, seconds in sorted(shown.items()):
         label = f"{threads}{'+' if threads == 3 else ''}"
         print(
             f"  {label:>2}: {100 * seconds / max(span, 1e-12):5.1f} %  {seconds / args.runs:7.3f} s"

@@ -8,6 +8,12 @@ to keep both cores busy); a full-size model's step does not (`benchmarks/README.
 "Thread pools"). The config keys `intra_op_threads` and `inter_op_threads` set them for
 `maskspine train` and `maskspine benchmark --what train`; 0 keeps TensorFlow's default.
 
+`intra_op_threads: auto` (the demo's) is one thread per op on a host of at most
+`AUTO_ONE_THREAD_MAX_CORES` cores and TensorFlow's default on a larger one: the demo's step
+keeps about two ops running at a time whatever the inter-op pool (`benchmarks/op_profile.py`,
+mean 1.95-2.07 ops in flight with 8 or 16 inter-op threads), so with one thread per op it
+would leave every core beyond about two idle.
+
 The pools can be set only before TensorFlow runs its first op, and hold for the process.
 """
 
@@ -16,12 +22,43 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: `intra_op_threads: auto` is one thread per op on hosts with at most this many cores.
+AUTO_ONE_THREAD_MAX_CORES = 2
+
+
+def host_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as TensorFlow counts them for
+    its default pools; `os.cpu_count()` where the platform has no affinity)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def resolve_intra_op_threads(value: int | str, cores: int | None = None) -> int:
+    """The intra-op thread count of the config value `intra_op_threads`: an int as it is (0:
+    TensorFlow's default), "auto" 1 on a host of at most `AUTO_ONE_THREAD_MAX_CORES` cores
+    (`cores`, default `host_cores()`), else 0.
+
+    Raises:
+        ValueError: for another string or a negative count.
+    """
+    if value == "auto":
+        cores = host_cores() if cores is None else cores
+        return 1 if cores <= AUTO_ONE_THREAD_MAX_CORES else 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"intra_op_threads must be a thread count >= 0 (0: TensorFlow's default) or "
+            f"'auto', got {value!r}"
+        )
+    return value
 
 
 def configured_threads() -> tuple[int, int]:
@@ -35,8 +72,9 @@ def configured_threads() -> tuple[int, int]:
     )
 
 
-def set_threads(intra_op: int = 0, inter_op: int = 0) -> bool:
-    """Sizes TensorFlow's thread pools for this process (0 leaves a pool as it is).
+def set_threads(intra_op: int | str = 0, inter_op: int = 0) -> bool:
+    """Sizes TensorFlow's thread pools for this process (0 leaves a pool as it is;
+    `intra_op` "auto": `resolve_intra_op_threads`).
 
     Returns:
         True when the pools are as asked; False when TensorFlow had already started with
@@ -44,6 +82,13 @@ def set_threads(intra_op: int = 0, inter_op: int = 0) -> bool:
     """
     import tensorflow as tf
 
+    if intra_op == "auto":
+        intra_op = resolve_intra_op_threads(intra_op)
+        logger.info(
+            "intra_op_threads auto: %s on %d cores",
+            "1 per op" if intra_op else "TensorFlow's default",
+            host_cores(),
+        )
     wanted = {
         "intra_op_threads": (intra_op, tf.config.threading.set_intra_op_parallelism_threads),
         "inter_op_threads": (inter_op, tf.config.threading.set_inter_op_parallelism_threads),

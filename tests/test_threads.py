@@ -4,6 +4,7 @@ process asked for. Each check runs in a fresh Python, since the pools hold per p
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ import textwrap
 import pytest
 
 from maskspine.config import ConfigError, load_config
+from maskspine.threads import host_cores, resolve_intra_op_threads
 
 SCRIPT = textwrap.dedent(
     """
@@ -54,4 +56,73 @@ def test_a_negative_thread_count_names_the_key(tmp_path, key):
     path = tmp_path / "config.yaml"
     path.write_text(f"{key}: -1\n")
     with pytest.raises(ConfigError, match=rf"{key} = -1 is out of range"):
+        load_config(path)
+
+
+AUTO_SCRIPT = textwrap.dedent(
+    """
+    import logging, os, sys
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+    from maskspine import threads
+
+    real_cores = threads.host_cores
+    threads.host_cores = lambda: 16
+    print("sixteen", threads.set_threads("auto", 0), threads.configured_threads())
+    threads.host_cores = real_cores
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # this process on one core
+    print("one core", threads.host_cores())
+    print("pinned", threads.set_threads("auto", 0), threads.configured_threads())
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity")
+def test_auto_sets_one_thread_per_op_on_a_small_host_and_leaves_a_large_one_alone():
+    """In a fresh process: on a host taken for 16 cores "auto" asks for nothing (TensorFlow's
+    default pools stay); pinned to one core it asks for one thread per op."""
+    run = subprocess.run(
+        [sys.executable, "-c", AUTO_SCRIPT], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert "sixteen True (0, 0)" in lines, run.stdout
+    assert "intra_op_threads auto: TensorFlow's default on 16 cores" in lines
+    assert "one core 1" in lines
+    assert "pinned True (1, 0)" in lines, run.stdout
+    assert "intra_op_threads auto: 1 per op on 1 cores" in lines
+
+
+@pytest.mark.parametrize(
+    ("value", "cores", "expected"),
+    [
+        ("auto", 1, 1),
+        ("auto", 2, 1),  # the demo's measured host: one thread per op
+        ("auto", 3, 0),  # beyond two cores: TensorFlow's default
+        ("auto", 64, 0),
+        (0, 2, 0),  # counts as they are, whatever the host
+        (3, 64, 3),
+    ],
+)
+def test_resolve_intra_op_threads(value, cores, expected):
+    assert resolve_intra_op_threads(value, cores=cores) == expected
+
+
+@pytest.mark.parametrize("value", ["fast", -1, True, 1.5])
+def test_resolve_refuses_what_is_not_a_count_or_auto(value):
+    with pytest.raises(ValueError, match="intra_op_threads must be a thread count"):
+        resolve_intra_op_threads(value, cores=2)
+
+
+def test_host_cores_follows_the_affinity(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert host_cores() == 3
+    assert resolve_intra_op_threads("auto") == 0
+
+
+def test_config_takes_auto_and_names_the_key_for_another_word(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("intra_op_threads: auto\n")
+    assert load_config(path).intra_op_threads == "auto"
+    path.write_text("intra_op_threads: fast\n")
+    with pytest.raises(ConfigError, match=r"intra_op_threads must be .* or 'auto'.*'fast'"):
         load_config(path)

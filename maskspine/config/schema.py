@@ -439,8 +439,9 @@ class Config:
     deterministic: bool = False
     #: TensorFlow's thread pools in `maskspine train` and `maskspine benchmark --what train`:
     #: threads per op and ops at once (0: TensorFlow's default, one per core);
-    #: `maskspine.threads`.
-    intra_op_threads: int = 0
+    #: `intra_op_threads: auto` is 1 on a host of at most 2 cores and TensorFlow's default on
+    #: a larger one (`maskspine.threads.resolve_intra_op_threads`); `maskspine.threads`.
+    intra_op_threads: int | str = 0
     inter_op_threads: int = 0
     log_every: int = 100
     mlflow: bool = False
@@ -619,8 +620,16 @@ def validate(config: Config, *, source: str = "<config>") -> None:
                 f"{source}: {key}={value} must be a positive multiple of {INPUT_SIZE_DIVISOR} "
                 f"(the stride of SpineNet's coarsest blocks, whatever backbone.max_level)"
             )
+    if isinstance(config.intra_op_threads, str) and config.intra_op_threads != "auto":
+        raise ConfigError(
+            f"{source}: intra_op_threads must be a thread count (0: TensorFlow's default) or "
+            f"'auto' (one thread per op on a host of at most 2 cores), got "
+            f"{config.intra_op_threads!r}"
+        )
     for key, low, low_open, high, high_open in _RANGES:
         value = getattr(config, key)
+        if key == "intra_op_threads" and value == "auto":
+            continue
         too_low = value <= low if low_open else value < low
         too_high = high is not None and (value >= high if high_open else value > high)
         if too_low or too_high:
