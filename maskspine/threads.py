@@ -9,7 +9,8 @@ to keep both cores busy); a full-size model's step does not (`benchmarks/README.
 `maskspine train` and `maskspine benchmark --what train`; 0 keeps TensorFlow's default.
 
 `intra_op_threads: auto` (the demo's) is one thread per op on a host of at most
-`AUTO_ONE_THREAD_MAX_CORES` cores and TensorFlow's default on a larger one: the demo's step
+`AUTO_ONE_THREAD_MAX_CORES` cores (`host_cores`: the CPU affinity, or a container's CPU quota
+where it allows fewer) and TensorFlow's default on a larger one: the demo's step
 keeps about two ops running at a time whatever the inter-op pool (`benchmarks/op_profile.py`,
 mean 1.95-2.07 ops in flight with 8 or 16 inter-op threads), so with one thread per op it
 would leave every core beyond about two idle.
@@ -21,9 +22,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import multiprocessing
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
@@ -35,11 +38,57 @@ AUTO_ONE_THREAD_MAX_CORES = 2
 
 
 def host_cores() -> int:
-    """The cores this process may run on (its CPU affinity, as TensorFlow counts them for
-    its default pools; `os.cpu_count()` where the platform has no affinity)."""
+    """The cores this process may run on: its CPU affinity (as TensorFlow counts cores for
+    its default pools; `os.cpu_count()` where the platform has none), or fewer where a
+    container's CPU quota allows fewer (`cgroup_cpu_limit`)."""
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return min(cores, limit) if limit is not None else cores
+
+
+def cgroup_cpu_limit(root: str | Path = "/") -> int | None:
+    """The CPUs a cgroup quota allows this process (quota / period, rounded up), or None
+    where no quota is set or none can be read. cgroup v2: `cpu.max` ("max 100000" or
+    "200000 100000") of the process's group, then of the root; v1: `cpu.cfs_quota_us`
+    (-1: none) over `cpu.cfs_period_us` in the `cpu` hierarchy. `root`: the file system
+    root to read under (tests)."""
+    root = Path(root)
+    groups: dict[str, str] = {}  # controller ("" for v2) -> the process's group path
+    try:
+        for line in (root / "proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for controller in controllers.split(","):
+                groups[controller] = path.lstrip("/")
+    except (OSError, ValueError):
+        pass
+    cgroup = root / "sys/fs/cgroup"
+    candidates = []
+    for base in ([groups[""]] if "" in groups else []) + [""]:
+        candidates.append(("v2", cgroup / base / "cpu.max", None))
+    for folder in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        for base in ([groups["cpu"]] if "cpu" in groups else []) + [""]:
+            directory = cgroup / folder / base
+            candidates.append(
+                ("v1", directory / "cpu.cfs_quota_us", directory / "cpu.cfs_period_us")
+            )
+    for kind, quota_file, period_file in candidates:
+        try:
+            if kind == "v2":
+                quota, period = quota_file.read_text().split()[:2]
+                if quota == "max":
+                    return None
+            else:
+                quota = quota_file.read_text().strip()
+                period = period_file.read_text().strip()
+                if int(quota) < 0:
+                    return None
+            return max(1, math.ceil(int(quota) / int(period)))
+        except (OSError, ValueError, ZeroDivisionError):
+            continue
+    return None
 
 
 def resolve_intra_op_threads(value: int | str, cores: int | None = None) -> int:

@@ -1,6 +1,7 @@
 """TensorFlow's thread pools (`maskspine.threads`): set before TensorFlow starts, refused
 with a warning after, and the host's peaks calibrated with the default pools whatever the
-process asked for. Each check runs in a fresh Python, since the pools hold per process."""
+process asked for; `intra_op_threads: auto` by the host's cores (affinity, cgroup quota).
+The checks that set pools run in a fresh Python, since the pools hold per process."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import textwrap
 
 import pytest
 
+from maskspine import threads
 from maskspine.config import ConfigError, load_config
 from maskspine.threads import host_cores, resolve_intra_op_threads
 
@@ -113,10 +115,57 @@ def test_resolve_refuses_what_is_not_a_count_or_auto(value):
         resolve_intra_op_threads(value, cores=2)
 
 
-def test_host_cores_follows_the_affinity(monkeypatch):
+def test_host_cores_follows_the_affinity_and_a_cpu_quota(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: None)
     assert host_cores() == 3
     assert resolve_intra_op_threads("auto") == 0
+    # a container allowed 2 CPUs of a larger machine counts as a 2-core host
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: 2)
+    assert host_cores() == 2
+    assert resolve_intra_op_threads("auto") == 1
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: 8)  # more than the affinity
+    assert host_cores() == 3
+
+
+def _fake_root(tmp_path, cgroup_lines: str, files: dict[str, str]):
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/self/cgroup").write_text(cgroup_lines)
+    for name, text in files.items():
+        path = tmp_path / "sys/fs/cgroup" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("cgroup_lines", "files", "expected"),
+    [
+        # cgroup v2: quota / period, rounded up
+        ("0::/job\n", {"job/cpu.max": "150000 100000\n"}, 2),
+        ("0::/job\n", {"job/cpu.max": "max 100000\n"}, None),
+        ("0::/\n", {"cpu.max": "400000 100000\n"}, 4),
+        ("0::/job\n", {"job/cpu.max": "50000 100000\n"}, 1),  # half a CPU: at least one
+        # cgroup v1, the cpu controller mounted with cpuacct
+        (
+            "4:memory:/x\n2:cpu,cpuacct:/docker/abc\n",
+            {
+                "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "300000\n",
+                "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+            },
+            3,
+        ),
+        (
+            "2:cpu,cpuacct:/\n",
+            {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"},
+            None,
+        ),
+        ("0::/\n", {}, None),  # nothing to read
+    ],
+)
+def test_cgroup_cpu_limit(tmp_path, cgroup_lines, files, expected):
+    root = _fake_root(tmp_path, cgroup_lines, files)
+    assert threads.cgroup_cpu_limit(root) == expected
 
 
 def test_config_takes_auto_and_names_the_key_for_another_word(tmp_path):
