@@ -61,37 +61,21 @@ def test_a_negative_thread_count_names_the_key(tmp_path, key):
         load_config(path)
 
 
-AUTO_SCRIPT = textwrap.dedent(
-    """
-    import logging, os, sys
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-    from maskspine import threads
+@pytest.mark.parametrize(("cores", "asked"), [(16, []), (2, [1]), (1, [1])])
+def test_set_threads_auto_asks_tensorflow_by_the_host_cores(monkeypatch, caplog, cores, asked):
+    """`set_threads("auto")` hands TensorFlow one thread per op on a host of 1 or 2 cores and
+    nothing (its default) on 16; recorded in place of TensorFlow's setters, which would
+    change this test process's pools."""
+    import tensorflow as tf
 
-    real_cores = threads.host_cores
-    threads.host_cores = lambda: 16
-    print("sixteen", threads.set_threads("auto", 0), threads.configured_threads())
-    threads.host_cores = real_cores
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # this process on one core
-    print("one core", threads.host_cores())
-    print("pinned", threads.set_threads("auto", 0), threads.configured_threads())
-    """
-)
-
-
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity")
-def test_auto_sets_one_thread_per_op_on_a_small_host_and_leaves_a_large_one_alone():
-    """In a fresh process: on a host taken for 16 cores "auto" asks for nothing (TensorFlow's
-    default pools stay); pinned to one core it asks for one thread per op."""
-    run = subprocess.run(
-        [sys.executable, "-c", AUTO_SCRIPT], capture_output=True, text=True, timeout=300
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    lines = run.stdout.splitlines()
-    assert "sixteen True (0, 0)" in lines, run.stdout
-    assert "intra_op_threads auto: TensorFlow's default on 16 cores" in lines
-    assert "one core 1" in lines
-    assert "pinned True (1, 0)" in lines, run.stdout
-    assert "intra_op_threads auto: 1 per op on 1 cores" in lines
+    calls = []
+    monkeypatch.setattr(tf.config.threading, "set_intra_op_parallelism_threads", calls.append)
+    monkeypatch.setattr(threads, "host_cores", lambda: cores)
+    with caplog.at_level("INFO", logger="maskspine.threads"):
+        assert threads.set_threads("auto", 0)
+    assert calls == asked
+    chosen = "1 per op" if asked else "TensorFlow's default"
+    assert f"intra_op_threads auto: {chosen} on {cores} cores" in caplog.text
 
 
 @pytest.mark.parametrize(
