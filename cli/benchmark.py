@@ -109,13 +109,12 @@ def benchmark_command(
 
     kind = device_kind()
     jit = resolve_jit_compile(loaded.jit_compile, kind)
-    from maskspine.threads import configured_threads
+    from maskspine.threads import describe_threads, threads_restricted
 
     # the pools in effect (a loaded checkpoint started TensorFlow before they could be set)
-    intra, inter = configured_threads()
     threads_note = ""
-    if intra or inter:
-        threads_note = f", threads {intra or 'default'} per op, {inter or 'default'} ops at once"
+    if threads_restricted() or loaded.intra_op_threads == "auto":
+        threads_note = f", threads {describe_threads(loaded.intra_op_threads)}"
     typer.echo(
         f"config: SpineNet-{loaded.backbone.arch}, {loaded.img_height}x{loaded.img_width}, "
         f"{loaded.num_classes - 1} classes (and background), precision {loaded.precision} "

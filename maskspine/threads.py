@@ -163,6 +163,16 @@ def set_threads(intra_op: int | str = 0, inter_op: int = 0) -> bool:
     return ok
 
 
+def describe_threads(intra_op_setting: int | str = 0) -> str:
+    """The pools in effect as "1 per op, default ops at once", with
+    " (intra_op_threads auto on N cores)" where the config asked for "auto"."""
+    intra, inter = configured_threads()
+    text = f"{intra or 'default'} per op, {inter or 'default'} ops at once"
+    if intra_op_setting == "auto":
+        text += f" (intra_op_threads auto on {host_cores()} cores)"
+    return text
+
+
 def threads_restricted() -> bool:
     """Whether this process asked TensorFlow for other than its default pools."""
     return configured_threads() != (0, 0)

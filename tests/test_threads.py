@@ -21,11 +21,14 @@ SCRIPT = textwrap.dedent(
     import logging, sys
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
     import tensorflow as tf
-    from maskspine.threads import configured_threads, run_with_default_threads, set_threads
+    from maskspine.threads import (
+        configured_threads, describe_threads, run_with_default_threads, set_threads
+    )
 
     print("before", configured_threads())
     print("set", set_threads(1, 2))
     print("now", configured_threads())
+    print("described:", describe_threads(1))
     print("fresh process", run_with_default_threads(configured_threads))
     tf.constant(1.0) + 1.0  # TensorFlow starts
     print("same again", set_threads(1, 2))
@@ -44,6 +47,7 @@ def test_pools_are_set_before_tensorflow_starts_and_refused_with_a_warning_after
     assert "before (0, 0)" in lines
     assert "set True" in lines
     assert "now (1, 2)" in lines
+    assert "described: 1 per op, 2 ops at once" in lines
     # the calibration's process: TensorFlow's own defaults, not this process's pools
     assert "fresh process (0, 0)" in lines
     assert "same again True" in lines  # asking for what it has is not a change
@@ -76,6 +80,12 @@ def test_set_threads_auto_asks_tensorflow_by_the_host_cores(monkeypatch, caplog,
     assert calls == asked
     chosen = "1 per op" if asked else "TensorFlow's default"
     assert f"intra_op_threads auto: {chosen} on {cores} cores" in caplog.text
+    # what training's log and the benchmark's header say (this process keeps its pools)
+    intra, inter = threads.configured_threads()
+    assert threads.describe_threads("auto") == (
+        f"{intra or 'default'} per op, {inter or 'default'} ops at once "
+        f"(intra_op_threads auto on {cores} cores)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,7 @@ from maskspine.config import (
 from maskspine.data import build_dataset, load_categories, prepare_source
 from maskspine.files import write_text_atomic
 from maskspine.modeling.factory import build_mask_rcnn
-from maskspine.threads import configured_threads, set_threads
+from maskspine.threads import describe_threads, set_threads
 from maskspine.training import TrainingError
 from maskspine.training import callbacks as cb
 from maskspine.training.optimizer import build_optimizer
@@ -337,12 +337,7 @@ def _train_in(
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
     logger.info("Strategy: %s", describe(strategy))
-    intra, inter = configured_threads()
-    logger.info(
-        "Threads: %s per op, %s ops at once",
-        intra or "TensorFlow's default",
-        inter or "TensorFlow's default",
-    )
+    logger.info("Threads: %s", describe_threads(config.intra_op_threads))
     logger.info(
         "Batch: %d per replica x %d replica(s) = global batch %d",
         config.batch_size,
