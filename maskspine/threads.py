@@ -65,30 +65,27 @@ def cgroup_cpu_limit(root: str | Path = "/") -> int | None:
     except (OSError, ValueError):
         pass
     cgroup = root / "sys/fs/cgroup"
-    candidates = []
-    for base in ([groups[""]] if "" in groups else []) + [""]:
-        candidates.append(("v2", cgroup / base / "cpu.max", None))
-    for folder in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
-        for base in ([groups["cpu"]] if "cpu" in groups else []) + [""]:
-            directory = cgroup / folder / base
-            candidates.append(
-                ("v1", directory / "cpu.cfs_quota_us", directory / "cpu.cfs_period_us")
-            )
-    for kind, quota_file, period_file in candidates:
+    for base in ([groups[""]] if "" in groups else []) + [""]:  # v2
         try:
-            if kind == "v2":
-                quota, period = quota_file.read_text().split()[:2]
-                if quota == "max":
-                    return None
-            else:
-                quota = quota_file.read_text().strip()
-                period = period_file.read_text().strip()
-                if int(quota) < 0:
-                    return None
-            return max(1, math.ceil(int(quota) / int(period)))
+            quota, period = (cgroup / base / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else _quota_cpus(quota, period)
         except (OSError, ValueError, ZeroDivisionError):
             continue
+    for folder in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):  # v1
+        for base in ([groups["cpu"]] if "cpu" in groups else []) + [""]:
+            directory = cgroup / folder / base
+            try:
+                quota = (directory / "cpu.cfs_quota_us").read_text().strip()
+                period = (directory / "cpu.cfs_period_us").read_text().strip()
+                return None if int(quota) < 0 else _quota_cpus(quota, period)
+            except (OSError, ValueError, ZeroDivisionError):
+                continue
     return None
+
+
+def _quota_cpus(quota: str, period: str) -> int:
+    """CPUs of a cgroup quota (microseconds per period), rounded up, at least 1."""
+    return max(1, math.ceil(int(quota) / int(period)))
 
 
 def resolve_intra_op_threads(value: int | str, cores: int | None = None) -> int:
@@ -132,11 +129,12 @@ def set_threads(intra_op: int | str = 0, inter_op: int = 0) -> bool:
     import tensorflow as tf
 
     if intra_op == "auto":
-        intra_op = resolve_intra_op_threads(intra_op)
+        cores = host_cores()
+        intra_op = resolve_intra_op_threads(intra_op, cores)
         logger.info(
             "intra_op_threads auto: %s on %d cores",
             "1 per op" if intra_op else "TensorFlow's default",
-            host_cores(),
+            cores,
         )
     wanted = {
         "intra_op_threads": (intra_op, tf.config.threading.set_intra_op_parallelism_threads),
