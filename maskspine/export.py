@@ -213,7 +213,11 @@ class ServingModel(tf.Module):
         # its graph in the SavedModel however many input types there are.
         # With the model built for XLA (config jit_compile), this function is compiled:
         # decoding and resizing (outside it) stay in the graph.
-        self._detect_function = tf.function(
+        # These tf.functions are held out of TF's tracking (`_Untracked`): `tf.saved_model.save`
+        # traces every tracked tf.function again in its own context (a new cache key), which
+        # put a second copy of the model's graph in the SavedModel; it saves the signatures'
+        # concrete functions, traced once by `signatures()`.
+        detect_function = tf.function(
             self.detect,
             input_signature=[
                 tf.TensorSpec([batch_size, height, width, 3], tf.float32),
@@ -222,7 +226,8 @@ class ServingModel(tf.Module):
             autograph=False,
             jit_compile=bool(getattr(model, "xla", False)),
         )
-        self.functions: dict[str, tf.types.experimental.PolymorphicFunction] = {}
+        self._detect_function = _Untracked(detect_function)
+        functions: dict[str, tf.types.experimental.PolymorphicFunction] = {}
         specs = {
             IMAGE_TENSOR: tf.TensorSpec(
                 [batch_size, None, None, 3], tf.uint8, name=INPUT_NAMES[IMAGE_TENSOR]
@@ -236,10 +241,16 @@ class ServingModel(tf.Module):
             TF_EXAMPLE: self._serve_tf_example,
         }
         for input_type in input_types:
-            self.functions[SIGNATURE_NAMES[input_type]] = tf.function(
+            functions[SIGNATURE_NAMES[input_type]] = tf.function(
                 bodies[input_type], input_signature=[specs[input_type]], autograph=False
             )
-        self.functions[LABELS_SIGNATURE] = tf.function(self._labels, input_signature=[])
+        functions[LABELS_SIGNATURE] = tf.function(self._labels, input_signature=[], autograph=False)
+        self._functions = _Untracked(functions)
+
+    @property
+    def functions(self) -> dict[str, tf.types.experimental.PolymorphicFunction]:
+        """{signature name: tf.function}, in the order of the input types, `labels` last."""
+        return self._functions.value
 
     # ------------------------------------------------------------------ inputs
 
@@ -275,7 +286,7 @@ class ServingModel(tf.Module):
             images,
             fn_output_signature=self._preprocess_spec(),
         )
-        return self._detect_function(inputs, image_info)
+        return self._detect_function.value(inputs, image_info)
 
     def detect_encoded(self, encoded: tf.Tensor) -> dict[str, tf.Tensor]:
         """string [B] encoded images (JPEG, PNG, ...) of any sizes -> the serving outputs."""
@@ -284,7 +295,7 @@ class ServingModel(tf.Module):
             encoded,
             fn_output_signature=self._preprocess_spec(),
         )
-        return self._detect_function(inputs, image_info)
+        return self._detect_function.value(inputs, image_info)
 
     def detect(self, inputs: tf.Tensor, image_info: tf.Tensor) -> dict[str, tf.Tensor]:
         """Pre-processed float32 [B, H, W, 3] + image_info [B, 4, 2] -> the serving outputs

@@ -294,6 +294,23 @@ def test_export_layout_and_labels(exported):
     assert saved.category_ids == CATEGORY_IDS
 
 
+def test_the_model_graph_is_saved_once_for_all_signatures(exported):
+    # Three serving signatures call one traced model: the SavedModel's function library
+    # holds its convolutions in one function (TF's saver traced tracked tf.functions a second
+    # time in its own context: two copies before).
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((exported["result"].path / "saved_model.pb").read_bytes())
+    (graph,) = saved.meta_graphs
+    with_convolutions = [
+        function.signature.name
+        for function in graph.graph_def.library.function
+        if any("Conv2D" in node.op for node in function.node_def)
+    ]
+    assert len(with_convolutions) == 1, with_convolutions
+
+
 def test_image_tensor_signature_matches_infer(exported):
     serve = exported["loaded"].signatures["serving_default"]
     paths, reference = exported["paths"], exported["reference"]
