@@ -194,6 +194,7 @@ def pixel_batches(
         ),
     )
 
+    @tf.autograph.experimental.do_not_convert  # no control flow on tensors (pipeline.py)
     def prepare(index, pixels):
         images, image_info = preprocess_image(pixels, config)
         return {"images": images, "image_info": image_info, "index": index}

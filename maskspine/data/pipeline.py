@@ -432,8 +432,14 @@ def make_dataset(
             stream of passes from that batch on (`start_batch` 0 is the stream's start).
     """
     dataset = examples.take(take) if take > 0 else examples
+    # tf.data converts each function it maps with AutoGraph unless told not to. These have no
+    # Python control flow on tensors (the `if`s test Python values), so the graphs are the
+    # same without it, and converting `transform_example`'s call tree took about 1 s of the
+    # pipeline's first trace in a process (benchmarks/README.md, "Traces made twice or
+    # converted for nothing").
+    plain = tf.autograph.experimental.do_not_convert
     if training:
-        dataset = dataset.filter(lambda e: tf.reduce_any(~e["objects"]["is_crowd"]))
+        dataset = dataset.filter(plain(lambda e: tf.reduce_any(~e["objects"]["is_crowd"])))
     if input_context is not None and input_context.num_input_pipelines > 1:
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     table = label_table(category_ids)
@@ -466,26 +472,24 @@ def make_dataset(
             if per_pass is not None:
                 shuffled = shuffled.take(per_pass * batch_size)
             return shuffled.enumerate().map(
-                lambda position, example: (example, tf.stack([index, position]))
+                plain(lambda position, example: (example, tf.stack([index, position])))
             )
 
-        stream = passes.flat_map(one_pass).skip(skip * batch_size)
+        stream = passes.flat_map(plain(one_pass)).skip(skip * batch_size)
+
+        @plain
+        def transform(example, where):
+            seeds = tf.stack([where[0] * _PASS_SEED_STRIDE + where[1], tf.constant(seed, tf.int64)])
+            return transform_example(example, config, table, training=True, seed=seeds)
+
         dataset = stream.map(
-            lambda example, where: transform_example(
-                example,
-                config,
-                table,
-                training=True,
-                seed=tf.stack(
-                    [where[0] * _PASS_SEED_STRIDE + where[1], tf.constant(seed, tf.int64)]
-                ),
-            ),
+            transform,
             num_parallel_calls=parallel,
             deterministic=True,
         )
     else:
         dataset = dataset.map(
-            lambda example: transform_example(example, config, table, training=False),
+            plain(lambda example: transform_example(example, config, table, training=False)),
             num_parallel_calls=parallel,
             deterministic=True,
         )
