@@ -21,7 +21,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 import tensorflow as tf
-from model_fixtures import REPO, TINY_OVERRIDES
+from model_fixtures import REPO, TINY_OVERRIDES, XLA_OVERRIDES
 from typer.testing import CliRunner
 
 from maskspine import postprocess, postprocess_tf
@@ -309,6 +309,22 @@ def test_the_model_graph_is_saved_once_for_all_signatures(exported):
         if any("Conv2D" in node.op for node in function.node_def)
     ]
     assert len(with_convolutions) == 1, with_convolutions
+
+
+@pytest.mark.slow  # XLA compiles the model on the first request: about 10 s
+def test_an_xla_built_model_exports_for_any_batch_size(exported, tmp_path):
+    # Before: the RPN's outputs lost their static count per image where the batch size was
+    # unknown, and the tiled NMS of an XLA-built model (`jit_compile` true, the GPU's
+    # `auto`) failed the export's trace. The run's weights in the model built for XLA: the
+    # detections `maskspine infer` gives with the graph's kernels.
+    model, config, _ = load_model(exported["run"], overrides=[*XLA_OVERRIDES, "jit_compile=true"])
+    assert model.xla
+    result = export_saved_model(model, config, tmp_path / "xla", input_types="image_tensor")
+    serve = tf.saved_model.load(str(result.path)).signatures["serving_default"]
+    assert serve.structured_input_signature[1]["images"].shape.as_list() == [None, None, None, 3]
+    image = tf.io.decode_png(exported["paths"][1].read_bytes(), channels=3)
+    (outputs,) = _unbatch(_numpy(serve(images=image[None])))
+    assert_same_as_infer(outputs, exported["reference"][1], full_masks=False)
 
 
 def test_image_tensor_signature_matches_infer(exported):

@@ -119,9 +119,16 @@ class RPNHead(layers.Layer):
                 if self.norm_per_level:
                     x = self.norms[level][i](x, training=training)
                     x = keras.activations.get(self.activation)(x)
-            batch = tf.shape(x)[0]
-            objectness[level] = tf.reshape(self.objectness(x), [batch, -1])
-            deltas[level] = tf.reshape(self.deltas(x), [batch, -1, 4])
+            # [B, H, W, A] -> [B, H * W * A]: the count per image stays static where H and W
+            # are (with the batch size unknown, as in an export for any batch size, a
+            # reshape to [B, -1] loses it, and the tiled NMS needs it).
+            height, width = x.shape[1], x.shape[2]
+            if height is not None and width is not None:
+                shape = [-1, height * width * self.num_anchors]
+            else:
+                shape = [tf.shape(x)[0], -1]
+            objectness[level] = tf.reshape(self.objectness(x), shape)
+            deltas[level] = tf.reshape(self.deltas(x), [*shape, 4])
         return objectness, deltas
 
     def get_config(self) -> dict:
