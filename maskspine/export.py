@@ -178,8 +178,9 @@ def class_table(config: Config) -> tuple[list[int], list[str]]:
 
 
 class ServingModel(tf.Module):
-    """The exported object: the Keras model's variables, the labels asset and one
-    `tf.function` per signature (see the module docstring)."""
+    """The exported object: the Keras model's variables and the assets; its `functions`, one
+    `tf.function` per signature (see the module docstring), are saved as the signatures'
+    concrete functions only."""
 
     def __init__(
         self,
