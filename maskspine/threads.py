@@ -37,14 +37,19 @@ T = TypeVar("T")
 AUTO_ONE_THREAD_MAX_CORES = 2
 
 
+def affinity_cores() -> int:
+    """The cores of this process's CPU affinity (as TensorFlow counts cores for its default
+    pools; `os.cpu_count()` where the platform has no affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def host_cores() -> int:
-    """The cores this process may run on: its CPU affinity (as TensorFlow counts cores for
-    its default pools; `os.cpu_count()` where the platform has none), or fewer where a
-    container's CPU quota allows fewer (`cgroup_cpu_limit`)."""
-    if hasattr(os, "sched_getaffinity"):
-        cores = len(os.sched_getaffinity(0))
-    else:
-        cores = os.cpu_count() or 1
+    """The cores this process may run on: `affinity_cores()`, or fewer where a container's
+    CPU quota allows fewer (`cgroup_cpu_limit`)."""
+    cores = affinity_cores()
     limit = cgroup_cpu_limit()
     return min(cores, limit) if limit is not None else cores
 

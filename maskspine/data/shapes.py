@@ -34,6 +34,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from maskspine.threads import affinity_cores
+
 logger = logging.getLogger(__name__)
 
 #: The classes, in category id order (ids 1, 2, 3).
@@ -128,7 +130,7 @@ def ensure_shapes(
         target,
     )
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    workers = min(_available_cores(), (spec.num_train + spec.num_validation) // _CHUNK)
+    workers = min(affinity_cores(), (spec.num_train + spec.num_validation) // _CHUNK)
     pool = _worker_pool(workers) if workers > 1 else None
     try:
         for split_index, (split, count) in enumerate(
@@ -243,14 +245,6 @@ def _draw_images(
                 }
             )
     return images, annotations
-
-
-def _available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _worker_pool(workers: int) -> ProcessPoolExecutor:
