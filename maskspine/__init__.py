@@ -20,6 +20,22 @@ __version__ = "0.1.0"
 # TF_ENABLE_ONEDNN_OPTS yourself (0 keeps Eigen's kernels).
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+
+def _fit_pools_to_cpu_quota() -> None:
+    # TensorFlow sizes its default thread pools by the CPU affinity, not by a container's CPU
+    # quota: where a quota allows fewer CPUs, the pools are sized to it (maskspine.threads).
+    # Read when TensorFlow starts, like TF_ENABLE_ONEDNN_OPTS; TF_NUM_INTRAOP_THREADS and
+    # TF_NUM_INTEROP_THREADS set by the user are kept. Never a reason for the import to fail.
+    try:
+        from maskspine.threads import fit_pools_to_cpu_quota
+
+        fit_pools_to_cpu_quota()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+_fit_pools_to_cpu_quota()
+
 #: Public names and the modules that hold them; imported on first use, so that
 #: `import maskspine` (and every `--help`) does not wait for TensorFlow.
 _LAZY = {

@@ -207,12 +207,14 @@ MATMUL_SIZES = (2048, 4096)
 
 
 def _cpu_key(precision: str) -> str:
-    """The cache key of a host's peaks: its CPU model, flags and cores, oneDNN's kernels or
+    """The cache key of a host's peaks: its CPU model, flags and the cores this process may
+    use (`maskspine.threads.host_cores`: a container's CPU quota counts), oneDNN's kernels or
     Eigen's (`TF_ENABLE_ONEDNN_OPTS`) and the instruction set oneDNN is held to
     (`ONEDNN_MAX_CPU_ISA`), TensorFlow's version, the precision and the calibration's shapes."""
     import tensorflow as tf
 
     from maskspine.precision import onednn_enabled, onednn_isa_limit
+    from maskspine.threads import host_cores
 
     try:
         info = Path("/proc/cpuinfo").read_text(errors="replace")
@@ -221,7 +223,8 @@ def _cpu_key(precision: str) -> str:
     model = next((line for line in info.splitlines() if line.startswith("model name")), "")
     flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
     calibration = f"{CONV_SHAPES}{MATMUL_SIZES}"
-    digest = hashlib.sha1(f"{model}|{flags}|{os.cpu_count()}|{calibration}".encode()).hexdigest()
+    cores = host_cores()
+    digest = hashlib.sha1(f"{model}|{flags}|{cores}|{calibration}".encode()).hexdigest()
     isa = onednn_isa_limit()
     held = f"-isa{isa}" if isa else ""
     kernels = "" if onednn_enabled() else "-eigen"

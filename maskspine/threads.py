@@ -16,6 +16,11 @@ mean 1.95-2.07 ops in flight with 8 or 16 inter-op threads), so with one thread 
 would leave every core beyond about two idle.
 
 The pools can be set only before TensorFlow runs its first op, and hold for the process.
+
+TensorFlow sizes its default pools by the CPU affinity, not by a container's CPU quota
+(Docker `--cpus`, a Kubernetes CPU limit): under a quota of fewer CPUs than the affinity it
+starts more threads than it may run and the kernel throttles them. `import maskspine`
+therefore sizes the default pools to the quota there (`fit_pools_to_cpu_quota`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import logging
 import math
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +40,13 @@ T = TypeVar("T")
 
 #: `intra_op_threads: auto` is one thread per op on hosts with at most this many cores.
 AUTO_ONE_THREAD_MAX_CORES = 2
+
+#: The environment variables TensorFlow sizes its default intra-op and inter-op pools by
+#: (read when it starts; unset: one thread per core of the CPU affinity).
+POOL_ENVIRONMENT = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+#: The CPUs `fit_pools_to_cpu_quota` sized this process's default pools to, or None.
+quota_pools: int | None = None
 
 
 def affinity_cores() -> int:
@@ -91,6 +103,42 @@ def cgroup_cpu_limit(root: str | Path = "/") -> int | None:
 def _quota_cpus(quota: str, period: str) -> int:
     """CPUs of a cgroup quota (microseconds per period), rounded up, at least 1."""
     return max(1, math.ceil(int(quota) / int(period)))
+
+
+def fit_pools_to_cpu_quota(
+    environ: MutableMapping[str, str] | None = None,
+    *,
+    cores: int | None = None,
+    limit: int | None = None,
+) -> int | None:
+    """Sizes TensorFlow's default pools to a container's CPU quota where it allows fewer
+    CPUs than the affinity: sets `POOL_ENVIRONMENT` to the quota's CPUs, each variable only
+    where the user has not set it. `import maskspine` calls it, before TensorFlow starts.
+
+    TensorFlow counts the affinity's cores for its default pools, so under a quota (Docker
+    `--cpus`, a Kubernetes CPU limit) it runs one thread per affinity core for each op, and as
+    many ops at once, on fewer CPUs (`benchmarks/README.md`, "Thread pools under a CPU
+    quota").
+
+    Args:
+        environ: the environment to set (default `os.environ`).
+        cores, limit: the affinity's cores and the quota's CPUs (default `affinity_cores()`
+            and `cgroup_cpu_limit()`, read only where not given).
+
+    Returns:
+        The quota's CPUs where the quota is below the affinity, else None.
+    """
+    global quota_pools
+    cores = affinity_cores() if cores is None else cores
+    limit = cgroup_cpu_limit() if limit is None else limit
+    if limit is None or limit >= cores:
+        return None
+    target = os.environ if environ is None else environ
+    for name in POOL_ENVIRONMENT:
+        target.setdefault(name, str(limit))
+    if environ is None:
+        quota_pools = limit
+    return limit
 
 
 def resolve_intra_op_threads(value: int | str, cores: int | None = None) -> int:
@@ -168,11 +216,17 @@ def set_threads(intra_op: int | str = 0, inter_op: int = 0) -> bool:
 
 def describe_threads(intra_op_setting: int | str = 0) -> str:
     """The pools in effect as "1 per op, default ops at once", with
-    " (intra_op_threads auto on N cores)" where the config asked for "auto"."""
+    " (intra_op_threads auto on N cores)" where the config asked for "auto", and the default
+    pools' sizes where `fit_pools_to_cpu_quota` set them."""
     intra, inter = configured_threads()
     text = f"{intra or 'default'} per op, {inter or 'default'} ops at once"
     if intra_op_setting == "auto":
         text += f" (intra_op_threads auto on {host_cores()} cores)"
+    if quota_pools is not None:
+        sizes = ", ".join(f"{name}={os.environ.get(name)}" for name in POOL_ENVIRONMENT)
+        text += (
+            f"; default pools {sizes} (a CPU quota of {quota_pools} on {affinity_cores()} cores)"
+        )
     return text
 
 

@@ -211,3 +211,20 @@ def test_peaks_are_cached_apart_with_and_without_onednn(monkeypatch, tmp_path):
     assert host_peaks("float32") == {"conv": 100e9}  # the same setting, spelt otherwise
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
     assert host_peaks("float32") == {"conv": 120e9}
+
+
+def test_peaks_are_cached_apart_for_the_cpus_a_quota_allows(monkeypatch, tmp_path):
+    """A process held to fewer CPUs by a container's quota has a peak of its own."""
+    import maskspine.flops as flops
+    from maskspine import threads
+
+    monkeypatch.setenv("MASKSPINE_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(threads, "affinity_cores", lambda: 8)
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: None)
+    rates = iter([400e9, 100e9])
+    monkeypatch.setattr(flops, "measure_peaks", lambda precision: {"conv": next(rates)})
+    assert host_peaks("float32") == {"conv": 400e9}
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: 2)
+    assert host_peaks("float32") == {"conv": 100e9}  # 2 of the 8 cores: measured again
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: None)
+    assert host_peaks("float32") == {"conv": 400e9}

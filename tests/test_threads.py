@@ -169,3 +169,133 @@ def test_config_takes_auto_and_names_the_key_for_another_word(tmp_path):
     path.write_text("intra_op_threads: fast\n")
     with pytest.raises(ConfigError, match=r"intra_op_threads must be .* or 'auto'.*'fast'"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("environ", "cores", "limit", "expected_environ", "returned"),
+    [
+        # a container allowed 2 CPUs of an 8-core affinity: both default pools to 2
+        ({}, 8, 2, {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "2"}, 2),
+        # what the user set is kept, the other pool sized to the quota
+        (
+            {"TF_NUM_INTRAOP_THREADS": "3"},
+            8,
+            2,
+            {"TF_NUM_INTRAOP_THREADS": "3", "TF_NUM_INTEROP_THREADS": "2"},
+            2,
+        ),
+        ({}, 8, None, {}, None),  # no quota: TensorFlow's defaults
+        ({}, 2, 2, {}, None),  # a quota of the whole affinity changes nothing
+        ({}, 2, 4, {}, None),  # nor one above it
+    ],
+)
+def test_default_pools_are_sized_to_a_cpu_quota_below_the_affinity(
+    environ, cores, limit, expected_environ, returned
+):
+    environ = dict(environ)
+    assert threads.fit_pools_to_cpu_quota(environ, cores=cores, limit=limit) == returned
+    assert environ == expected_environ
+
+
+POOLS_SCRIPT = textwrap.dedent(
+    """
+    import os
+    import maskspine  # before TensorFlow, as users import it
+    import tensorflow as tf
+    from maskspine.threads import describe_threads
+
+    tf.function(lambda x: tf.matmul(x, x) + 1.0)(tf.ones([64, 64]))  # TensorFlow starts
+    names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+    print("inter-op threads:", names.count("tf_Compute"))
+    print("python-named threads:", names.count("python"))
+    print("environment:", [os.environ.get(n) for n in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")])
+    print("described:", describe_threads())
+    """
+)
+
+
+def _pools(env: dict[str, str], prefix: list[str] | None = None) -> dict[str, str]:
+    """What POOLS_SCRIPT prints, run in a fresh Python with `env` added (and the command
+    prefixed by `prefix`)."""
+    run = subprocess.run(
+        [*(prefix or []), sys.executable, "-c", POOLS_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        # the pools' variables only as `env` gives them (not as this process has them)
+        env={
+            **{k: v for k, v in os.environ.items() if k not in threads.POOL_ENVIRONMENT},
+            **env,
+        },
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    keys = ("inter-op threads", "python-named threads", "environment", "described")
+    return dict(line.split(": ", 1) for line in run.stdout.splitlines() if line.startswith(keys))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/task is Linux's")
+def test_tensorflow_sizes_its_default_pools_by_the_environment_variables():
+    """The mechanism the quota sizing relies on, checked against TensorFlow itself: its
+    inter-op pool's threads (named tf_Compute) and its intra-op pool's (the threads named
+    python besides the main one and a helper) follow TF_NUM_INTEROP_THREADS and
+    TF_NUM_INTRAOP_THREADS when they are set before it starts."""
+    one = _pools({"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"})
+    more = _pools({"TF_NUM_INTRAOP_THREADS": "4", "TF_NUM_INTEROP_THREADS": "3"})
+    assert int(one["inter-op threads"]) == 1
+    assert int(more["inter-op threads"]) == 3
+    assert int(more["python-named threads"]) - int(one["python-named threads"]) == 3
+
+
+def _cpu_quota_group(quota_cpus: int):
+    """A cgroup v1 `cpu` group holding `quota_cpus` CPUs, or None where this machine gives
+    none to make (not root, cgroup v2 only, a read-only /sys/fs/cgroup)."""
+    base = "/sys/fs/cgroup/cpu"
+    group = os.path.join(base, f"maskspine-test-{os.getpid()}")
+    try:
+        os.mkdir(group)
+    except OSError:
+        return None
+    try:
+        with open(os.path.join(group, "cpu.cfs_period_us"), "w") as f:
+            f.write("100000")
+        with open(os.path.join(group, "cpu.cfs_quota_us"), "w") as f:
+            f.write(str(100000 * quota_cpus))
+    except OSError:
+        os.rmdir(group)
+        return None
+    return group
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs at least 2 cores to hold a process to fewer",
+)
+def test_a_process_held_to_one_cpu_by_a_quota_runs_pools_of_one():
+    """`import maskspine` in a process of a 1-CPU cgroup quota on a host of more cores:
+    TensorFlow's default pools are one thread each, and the threads' description says why.
+    Runs where the test may make a cgroup (root, cgroup v1's cpu controller), as on CI."""
+    group = _cpu_quota_group(1)
+    if group is None:
+        pytest.skip("no cgroup v1 cpu controller to make a quota in")
+    try:
+        enter = ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh"]
+        held = _pools({}, prefix=enter)
+        user = _pools({"TF_NUM_INTEROP_THREADS": "2"}, prefix=enter)
+    finally:
+        os.rmdir(group)
+    assert held["environment"] == "['1', '1']"
+    assert int(held["inter-op threads"]) == 1
+    cores = len(os.sched_getaffinity(0))
+    assert held["described"] == (
+        "default per op, default ops at once; default pools TF_NUM_INTRAOP_THREADS=1, "
+        f"TF_NUM_INTEROP_THREADS=1 (a CPU quota of 1 on {cores} cores)"
+    )
+    # what the user set stays theirs
+    assert user["environment"] == "['1', '2']"
+    assert int(user["inter-op threads"]) == 2
+    if threads.quota_pools is not None:
+        return  # the tests themselves run under a quota: there is no outside to compare
+    # outside the quota: TensorFlow's own defaults, one thread per core
+    free = _pools({})
+    assert free["environment"] == "[None, None]"
+    assert int(free["inter-op threads"]) == cores
