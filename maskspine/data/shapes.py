@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from maskspine.threads import affinity_cores
+from maskspine.threads import host_cores
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,8 @@ def ensure_shapes(
         target,
     )
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    workers = min(affinity_cores(), (spec.num_train + spec.num_validation) // _CHUNK)
+    # the CPUs this process may use: a container's CPU quota counts (maskspine.threads)
+    workers = min(host_cores(), (spec.num_train + spec.num_validation) // _CHUNK)
     pool = _worker_pool(workers) if workers > 1 else None
     try:
         for split_index, (split, count) in enumerate(

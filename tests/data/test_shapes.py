@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -109,3 +110,28 @@ def test_drawing_in_worker_processes_writes_the_same_files(tmp_path):
     annotations = json.loads(serial)["annotations"]
     assert [a["id"] for a in annotations] == list(range(1, len(annotations) + 1))
     assert len({a["image_id"] for a in annotations}) == 120
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, None), (3, 3), (16, 4)])
+def test_the_drawing_processes_are_the_cpus_the_process_may_use(
+    tmp_path, monkeypatch, cores, expected
+):
+    """As many drawing processes as CPUs the process may use (a container's quota counts)
+    and chunks of 50 images to draw (212 images: 4), one process drawing alone on one CPU."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import maskspine.data.shapes as shapes
+
+    asked = []
+
+    def pool(workers):
+        asked.append(workers)
+        return ThreadPoolExecutor(workers)
+
+    monkeypatch.setattr(shapes, "host_cores", lambda: cores)
+    monkeypatch.setattr(shapes, "_worker_pool", pool)
+    spec = ShapesSpec(
+        num_train=200, num_validation=12, min_image_size=48, max_image_size=64, min_shape_size=8
+    )
+    ensure_shapes(1, spec, data_dir=tmp_path)
+    assert asked == ([] if expected is None else [expected])
