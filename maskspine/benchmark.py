@@ -33,7 +33,7 @@ import numpy as np
 
 from maskspine.flops import FlopCount, count_flops, host_peaks, share_of_peak
 from maskspine.precision import resolve_precision
-from maskspine.threads import set_threads
+from maskspine.threads import affinity_cores, host_cores, set_threads
 
 if TYPE_CHECKING:
     import keras
@@ -154,8 +154,9 @@ def peak_memory_bytes() -> int:
 
 
 def machine_description() -> str:
-    """CPU, cores, native bfloat16, the kernels (Eigen where oneDNN is turned off), GPUs and the
-    TensorFlow version: what sets the figures."""
+    """CPU, cores (and a container's CPU quota where it allows fewer), native bfloat16, the
+    kernels (Eigen where oneDNN is turned off), GPUs and the TensorFlow version: what sets
+    the figures."""
     import tensorflow as tf
 
     from maskspine.precision import (
@@ -183,8 +184,11 @@ def machine_description() -> str:
         bf16 += "; Eigen's kernels (TF_ENABLE_ONEDNN_OPTS=0)"
     elif isa_limit:
         bf16 += f"; oneDNN held to {isa_limit}"
+    cores = f"{affinity_cores()} cores"
+    if host_cores() < affinity_cores():
+        cores += f" (a CPU quota of {host_cores()})"
     return (
-        f"{cpu}, {os.cpu_count()} cores, {bf16}; {gpu_text}; TensorFlow {tf.__version__}, "
+        f"{cpu}, {cores}, {bf16}; {gpu_text}; TensorFlow {tf.__version__}, "
         f"Python {platform.python_version()}"
     )
 

@@ -124,3 +124,14 @@ def test_machine_line_says_when_the_kernels_are_eigens(monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
     line = machine_description()
     assert "Eigen" not in line and "oneDNN held to AVX2" in line
+
+
+def test_the_machine_names_a_cpu_quota_that_allows_fewer_cpus(monkeypatch):
+    from maskspine import benchmark, threads
+
+    monkeypatch.setattr(threads, "affinity_cores", lambda: 16)
+    monkeypatch.setattr(benchmark, "affinity_cores", lambda: 16)
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: 4)
+    assert ", 16 cores (a CPU quota of 4), " in benchmark.machine_description()
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: None)
+    assert ", 16 cores, " in benchmark.machine_description()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
-import os
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from pycocotools import mask as mask_utils
 from maskspine.boxes import xywh_to_yxyx
 from maskspine.data.images import IMAGE_SUFFIXES, read_image_bytes
 from maskspine.errors import DataError
+from maskspine.threads import host_cores
 
 logger = logging.getLogger(__name__)
 
@@ -412,7 +412,7 @@ def iter_examples(
         labels.check_categories()
     summary = summary if summary is not None else ReadSummary()
     known = {category_id for category_id, _ in labels.categories}
-    workers = num_threads or min(8, os.cpu_count() or 1)
+    workers = num_threads or min(8, host_cores())  # a container's CPU quota counts
 
     def load(record: dict[str, Any]) -> _Loaded:
         return _load_example(source, labels, record, known, decode_images)
