@@ -48,6 +48,9 @@ POOL_ENVIRONMENT = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 #: The CPUs `fit_pools_to_cpu_quota` sized this process's default pools to, or None.
 quota_pools: int | None = None
 
+#: `fit_pools_to_cpu_quota`'s default `limit`: read the quota from the system.
+_READ: Any = object()
+
 
 def affinity_cores() -> int:
     """The cores of this process's CPU affinity (as TensorFlow counts cores for its default
@@ -109,7 +112,7 @@ def fit_pools_to_cpu_quota(
     environ: MutableMapping[str, str] | None = None,
     *,
     cores: int | None = None,
-    limit: int | None = None,
+    limit: int | None = _READ,
 ) -> int | None:
     """Sizes TensorFlow's default pools to a container's CPU quota where it allows fewer
     CPUs than the affinity: sets `POOL_ENVIRONMENT` to the quota's CPUs, each variable only
@@ -122,15 +125,15 @@ def fit_pools_to_cpu_quota(
 
     Args:
         environ: the environment to set (default `os.environ`).
-        cores, limit: the affinity's cores and the quota's CPUs (default `affinity_cores()`
-            and `cgroup_cpu_limit()`, read only where not given).
+        cores: the affinity's cores (default `affinity_cores()`).
+        limit: the quota's CPUs, None for no quota (default `cgroup_cpu_limit()`).
 
     Returns:
         The quota's CPUs where the quota is below the affinity, else None.
     """
     global quota_pools
     cores = affinity_cores() if cores is None else cores
-    limit = cgroup_cpu_limit() if limit is None else limit
+    limit = cgroup_cpu_limit() if limit is _READ else limit
     if limit is None or limit >= cores:
         return None
     target = os.environ if environ is None else environ
