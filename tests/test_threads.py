@@ -1,6 +1,7 @@
 """TensorFlow's thread pools (`maskspine.threads`): set before TensorFlow starts, refused
 with a warning after, and the host's peaks calibrated with the default pools whatever the
-process asked for; `intra_op_threads: auto` by the host's cores (affinity, cgroup quota).
+process asked for; `intra_op_threads: auto` by the host's cores (affinity, cgroup quota);
+TensorFlow's default pools sized to a CPU quota below the affinity by `import maskspine`.
 The checks that set pools run in a fresh Python, since the pools hold per process."""
 
 from __future__ import annotations
