@@ -25,10 +25,8 @@ therefore sizes the default pools to the quota there (`fit_pools_to_cpu_quota`).
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import math
-import multiprocessing
 import os
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
@@ -244,6 +242,11 @@ def run_with_default_threads(function: Callable[..., T], *args: Any) -> T:
     at module level and its result picklable."""
     if not threads_restricted():
         return function(*args)
+    # here, not at the top: `import maskspine` imports this module, and these two cost
+    # about 15 ms of that import
+    import concurrent.futures
+    import multiprocessing
+
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
         return pool.submit(function, *args).result()
