@@ -184,9 +184,8 @@ def machine_description() -> str:
         bf16 += "; Eigen's kernels (TF_ENABLE_ONEDNN_OPTS=0)"
     elif isa_limit:
         bf16 += f"; oneDNN held to {isa_limit}"
-    cores = f"{affinity_cores()} cores"
-    if host_cores() < affinity_cores():
-        cores += f" (a CPU quota of {host_cores()})"
+    allowed, affinity = host_cores(), affinity_cores()
+    cores = f"{affinity} cores" + (f" (a CPU quota of {allowed})" if allowed < affinity else "")
     return (
         f"{cpu}, {cores}, {bf16}; {gpu_text}; TensorFlow {tf.__version__}, "
         f"Python {platform.python_version()}"
